@@ -1,0 +1,153 @@
+"""The Engine: the only caller of the model. It turns images into items, drives method
+generators through the scheduler on an executor, and returns Saliency results."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import SalientError
+from ..images import Image, load_image
+from ..methods import get_method
+from ..metrics.curves import CURVE_KINDS, curve
+from ..models import Model, load_model
+from ..saliency import Saliency
+from .scheduler import Scheduler, Task
+from .tasks import Item, explain_task, parse_target
+
+EXECUTORS = ("local", "ray")
+
+
+def make_executor(kind: str, model: Model, **opts: Any):
+    if kind == "local":
+        from .local import LocalExecutor
+
+        return LocalExecutor(model, **opts)
+    if kind == "ray":
+        from .ray_executor import RayExecutor
+
+        return RayExecutor(model, **opts)
+    raise SalientError(f"unknown executor {kind!r}; choose one of {', '.join(EXECUTORS)}")
+
+
+def item_id_for(image: Image, index: int) -> str:
+    """A stable id: the source path if there is one, else the name and a content hash."""
+    if image.source and image.source not in ("array", "tensor"):
+        return image.source
+    digest = hashlib.sha1(np.ascontiguousarray(image.pixels).tobytes()).hexdigest()[:10]
+    return f"{image.name}-{digest}" if image.name else f"item{index}-{digest}"
+
+
+def scored_task(item: Item, model: Model, method: str, target, seed: int, params: dict, metrics: Sequence[str],
+                metric_opts: dict):
+    """Generator: explain, then (optionally) every requested curve of every map in one batch."""
+    results = yield from explain_task(item, model, method, target, seed, params)
+    if metrics:
+        gens = [(s, k, curve(item.id, item.size, s.map, s.target, k, **metric_opts)) for s in results for k in metrics]
+        firsts = [next(g) for _, _, g in gens]
+        answers = yield [q for f in firsts for q in f]
+        pos = 0
+        for (s, k, g), f in zip(gens, firsts, strict=True):
+            try:
+                g.send(answers[pos : pos + len(f)])
+            except StopIteration as stop:
+                s.metrics[f"{k}_auc"] = stop.value.auc
+            pos += len(f)
+    return results
+
+
+class Engine:
+    """``with Engine(model, executor="local"|"ray", ...) as eng: eng.explain(img, method="rise")``."""
+
+    def __init__(self, model: str | Model | Any = "efficientnet-lite0", executor: str = "local",
+                 max_live: int = 64, **executor_opts: Any):
+        self.model = load_model(model)
+        self.executor = make_executor(executor, self.model, **executor_opts)
+        self.max_live = max_live
+        self.n_forward = 0
+
+    # -- context management
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.executor.close()
+
+    # -- items and tasks
+    def item(self, image: Any, item_id: str | None = None, index: int = 0) -> Item:
+        """An Item (id, preprocessed input) from anything ``load_image`` accepts; Items pass through."""
+        if isinstance(image, Item):
+            return image
+        img = load_image(image)
+        return Item(item_id or item_id_for(img, index), self.model.preprocess(img), img)
+
+    def run(self, tasks: Iterable[Task], on_progress=None) -> Iterator[tuple[Task, Any]]:
+        """Drive tasks; yields (task, result or exception) as each completes."""
+        sched = Scheduler(self.executor, self.max_live, on_progress)
+        for task, out in sched.run(tasks):
+            self.n_forward += task.n_forward
+            yield task, out
+
+    def explain_many(self, images: Iterable[Any], method: str = "rise", target: int | str = "top1", seed: int = 0,
+                     metrics: Sequence[str] = (), step: int | None = None, substrate: Any = None,
+                     on_progress=None, **params: Any) -> Iterator[tuple[Any, list[Saliency] | Exception]]:
+        """Explain every image; yields (key, results or exception) in completion order. ``images`` may
+        hold (key, image) pairs or images (the key is then the position). Parameters are checked
+        before any work."""
+        m = get_method(method)
+        checked = m.check_params(params)
+        tgt = parse_target(target, self.model)
+        for k in metrics:
+            if k not in CURVE_KINDS:
+                raise SalientError(f"unknown metric {k!r}; choose from {', '.join(CURVE_KINDS)}")
+        metric_opts = {"step": step, "substrate": substrate}
+
+        def tasks():
+            for i, entry in enumerate(images):
+                key, image = entry if isinstance(entry, tuple) else (i, entry)
+                try:
+                    item = self.item(image, index=i)
+                except Exception as e:  # noqa: BLE001 - reported per item
+                    yield Task(key, None, _raise(e))
+                    continue
+                yield Task(key, item, scored_task(item, self.model, method, tgt, seed, checked, metrics, metric_opts))
+
+        for task, out in self.run(tasks(), on_progress):
+            if isinstance(out, list):
+                for s in out:
+                    s.n_forward = task.n_forward
+            yield task.key, out
+
+    def explain(self, image: Any, method: str = "rise", target: int | str = "top1", seed: int = 0,
+                **params: Any) -> Saliency | list[Saliency]:
+        """One image: a Saliency for a single target, a list for topK with K > 1. Errors raise."""
+        ((_, out),) = list(self.explain_many([image], method, target, seed, **params))
+        if isinstance(out, Exception):
+            raise out
+        return out[0] if len(out) == 1 else out
+
+
+def _raise(e: Exception):
+    raise e
+    yield  # pragma: no cover - makes this a generator
+
+
+def engine_for(model: Model) -> Engine:
+    """The default local engine of a model (created once, cached on the model)."""
+    eng = getattr(model, "_engine", None)
+    if eng is None:
+        eng = Engine(model)
+        object.__setattr__(model, "_engine", eng)
+    return eng
+
+
+def explain(model: Model | str, image: Any, method: str = "rise", target: int | str = "top1", seed: int = 0,
+            **params: Any) -> Saliency | list[Saliency]:
+    """Explain one image with the model's default local engine (see :meth:`Engine.explain`)."""
+    return engine_for(load_model(model)).explain(image, method, target, seed, **params)

@@ -1,0 +1,73 @@
+"""Task generators the engine drives: explain one item with one method, and score a map."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ItemError, SalientError
+from ..methods import Request, ScoreQuery, get_method
+from ..models import Model
+from ..saliency import Saliency
+
+
+@dataclass
+class Item:
+    """One input: a stable id, the preprocessed tensor (C, H, W), and where it came from."""
+
+    id: str
+    x: torch.Tensor
+    image: Any = None  # the original salient.images.Image, for overlays
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.x.shape[-2]), int(self.x.shape[-1])
+
+
+def parse_target(spec: int | str, model: Model) -> int | tuple[str, int]:
+    """``top1``/``topK`` -> ("top", K); a class id or label -> its id. Validated before any work."""
+    if isinstance(spec, str) and spec.strip().lower().startswith("top"):
+        k = spec.strip()[3:] or "1"
+        if not k.isdigit() or not 1 <= int(k) <= model.n_classes:
+            raise SalientError(f"target {spec!r}: use top1 .. top{model.n_classes}, a class id or a label")
+        return ("top", int(k))
+    return model.resolve_target(spec)
+
+
+def resolve_targets(target: int | tuple[str, int], scores: np.ndarray) -> tuple[int, ...]:
+    if isinstance(target, tuple):
+        order = np.argsort(-scores, kind="stable")
+        return tuple(int(i) for i in order[: target[1]])
+    return (int(target),)
+
+
+def base_scores(item: Item):
+    """Generator: the unmasked scores of all classes, checked for NaN."""
+    (scores,) = yield [ScoreQuery(item.id)]
+    if not np.isfinite(scores).all():
+        raise ItemError(f"model returned NaN or infinite scores for item {item.id!r}")
+    return scores
+
+
+def explain_task(item: Item, model: Model, method: str, target: int | tuple[str, int], seed: int, params: dict):
+    """Generator: resolve targets from the unmasked scores, run the method, return list[Saliency]."""
+    t0 = time.perf_counter()
+    m = get_method(method)
+    scores = yield from base_scores(item)
+    targets = resolve_targets(target, scores)
+    req = Request(item.id, item.size, targets, scores[list(targets)], seed, int(item.x.shape[0]))
+    maps = yield from m.fn(req, **params)
+    maps = np.asarray(maps, dtype=np.float32)
+    if not np.isfinite(maps).all():
+        raise ItemError(f"{method} produced NaN values for item {item.id!r}")
+    return [
+        Saliency(map=maps[i], signed=m.signed, method=method, target=t, label=model.label(t),
+                 base_score=float(scores[t]), seed=seed, params=dict(params), item_id=item.id,
+                 seconds=time.perf_counter() - t0)
+        for i, t in enumerate(targets)
+    ]

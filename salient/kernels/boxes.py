@@ -1,0 +1,54 @@
+"""Rectangles to occlude: grid cells, sliding windows, squares around a point; and their masks.
+
+A box is (y0, y1, x0, x1), half-open, already clipped to the image.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+
+def grid_cells(size: tuple[int, int], g: int) -> np.ndarray:
+    """The g x g cells of DiDA, row-major: cell (i, j) spans rows floor(i·H/g) .. floor((i+1)·H/g) - 1."""
+    h, w = size
+    ys = [(i * h) // g for i in range(g + 1)]
+    xs = [(j * w) // g for j in range(g + 1)]
+    return np.array([(ys[i], ys[i + 1], xs[j], xs[j + 1]) for i in range(g) for j in range(g)], dtype=np.int64)
+
+
+def sliding_windows(size: tuple[int, int], window: tuple[int, int], stride: tuple[int, int]) -> np.ndarray:
+    """Captum ``Occlusion`` windows: ceil((H - h) / s) + 1 positions per axis, starting at k·s,
+    the last ones clipped at the border."""
+    h, w = size
+    wh, ww = window
+    sh, sw = stride
+    ny = math.ceil(max(h - wh, 0) / sh) + 1
+    nx = math.ceil(max(w - ww, 0) / sw) + 1
+    return np.array(
+        [(i * sh, min(i * sh + wh, h), j * sw, min(j * sw + ww, w)) for i in range(ny) for j in range(nx)],
+        dtype=np.int64,
+    )
+
+
+def squares(size: tuple[int, int], centers: np.ndarray, half: np.ndarray) -> np.ndarray:
+    """Squares [r - m, r + m) x [c - m, c + m) clipped to the image (BOREx states (r, c, m))."""
+    h, w = size
+    r, c, m = np.asarray(centers)[:, 0], np.asarray(centers)[:, 1], np.asarray(half)
+    return np.stack(
+        [np.clip(r - m, 0, h), np.clip(r + m, 0, h), np.clip(c - m, 0, w), np.clip(c + m, 0, w)], axis=1
+    ).astype(np.int64)
+
+
+def box_masks(
+    boxes: np.ndarray | torch.Tensor, size: tuple[int, int], device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """(n, H, W) float32 masks, 1 inside each box."""
+    b = torch.as_tensor(np.asarray(boxes), device=device).view(-1, 4)
+    ys = torch.arange(size[0], device=device)
+    xs = torch.arange(size[1], device=device)
+    iny = (ys[None] >= b[:, 0:1]) & (ys[None] < b[:, 1:2])
+    inx = (xs[None] >= b[:, 2:3]) & (xs[None] < b[:, 3:4])
+    return (iny[:, :, None] & inx[:, None, :]).float()

@@ -1,0 +1,126 @@
+"""The method contract and registry.
+
+A black-box method is a generator function ``fn(req, **params)``: it yields lists of queries
+(:mod:`salient.methods.queries`), receives their results in the same order, and returns an array
+(T, H, W) with one map per target in ``req.targets``. It never calls the model. Generators compose
+with ``yield from`` (BOREx runs its prior this way).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import SalientError
+
+MethodGen = Generator[list, list, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a method knows about the item it explains."""
+
+    item: str
+    size: tuple[int, int]  # model input (H, W)
+    targets: tuple[int, ...]
+    base: np.ndarray  # (T,) scores of the unmasked input for the targets
+    seed: int = 0
+    channels: int = 3
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    fn: Callable[..., MethodGen]
+    signed: bool
+    doc: str
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        sig = inspect.signature(self.fn)
+        return {k: p.default for k, p in list(sig.parameters.items())[1:] if p.default is not inspect.Parameter.empty}
+
+    def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Validate names and coerce types (strings from ``--set`` included) against the defaults."""
+        defaults = self.defaults
+        out = dict(defaults)
+        for key, value in params.items():
+            if key not in defaults:
+                raise SalientError(
+                    f"unknown parameter {key!r} for method {self.name}; valid: {', '.join(sorted(defaults)) or 'none'}"
+                )
+            out[key] = coerce(key, value, defaults[key], self.name)
+        return out
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(name: str, signed: bool) -> Callable:
+    def deco(fn: Callable[..., MethodGen]) -> Callable[..., MethodGen]:
+        METHODS[name] = Method(name, fn, signed, (fn.__doc__ or "").strip().split("\n")[0])
+        return fn
+
+    return deco
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise SalientError(f"unknown method {name!r}; choose one of {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def _parse_seq(value: Any) -> list:
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    s = str(value).strip().strip("()[]")
+    return [v for v in s.replace("x", ",").split(",") if v.strip()]
+
+
+def coerce(key: str, value: Any, default: Any, method: str) -> Any:
+    """Coerce ``value`` to the type of ``default`` (bool, int, float, str, tuples of numbers)."""
+    try:
+        if default is None or isinstance(value, type(default)) and not isinstance(default, tuple):
+            if isinstance(value, str) and default is None:
+                return _auto(value)
+            return value
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                low = value.strip().lower()
+                if low in ("1", "true", "yes", "on"):
+                    return True
+                if low in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError
+            return bool(value)
+        if isinstance(default, int):
+            f = float(value)
+            if f != int(f):
+                raise ValueError
+            return int(f)
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, tuple):
+            kind = type(default[0]) if default else float
+            return tuple(kind(float(v)) if kind is int else kind(v) for v in _parse_seq(value))
+        if isinstance(default, str):
+            return _auto(value) if isinstance(value, str) else value
+    except (TypeError, ValueError):
+        pass
+    raise SalientError(
+        f"parameter {key!r} of method {method} expects {type(default).__name__} like {default!r}, got {value!r}"
+    )
+
+
+def _auto(s: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(s)
+        except ValueError:
+            pass
+    return s

@@ -1,0 +1,35 @@
+"""Metrics that judge maps: insertion/deletion curves (more in later modules)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..saliency import Saliency
+from .curves import CURVE_KINDS, Curve, auc, curve, curve_counts
+
+
+def _run_curve(model: Any, image: Any, saliency: Saliency, kind: str, step: int | None, substrate: Any) -> Curve:
+    from ..engine import Task, engine_for
+    from ..models import load_model
+
+    eng = engine_for(load_model(model))
+    item = eng.item(image)
+    gen = curve(item.id, item.size, saliency.map, saliency.target, kind, step=step, substrate=substrate)
+    ((_, out),) = list(eng.run([Task(kind, item, gen)]))
+    if isinstance(out, Exception):
+        raise out
+    return out
+
+
+def insertion(model: Any, image: Any, saliency: Saliency, step: int | None = None, substrate: Any = "blur") -> Curve:
+    """Insertion curve of ``saliency`` on ``image`` (substrate blur(I) by default; "zero" = the
+    BOREx authors' choice)."""
+    return _run_curve(model, image, saliency, "insertion", step, substrate)
+
+
+def deletion(model: Any, image: Any, saliency: Saliency, step: int | None = None, substrate: Any = "zero") -> Curve:
+    """Deletion curve of ``saliency`` on ``image`` (substrate fill 0 by default)."""
+    return _run_curve(model, image, saliency, "deletion", step, substrate)
+
+
+__all__ = ["CURVE_KINDS", "Curve", "auc", "curve", "curve_counts", "deletion", "insertion"]

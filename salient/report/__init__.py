@@ -1,0 +1,1 @@
+"""PNG overlays, DiDA-View panels, HTML report."""

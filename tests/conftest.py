@@ -1,0 +1,32 @@
+"""Shared fixtures: the real model once per session; a local Ray session once (tests marked ``ray``)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(scope="session")
+def real_model():
+    import salient
+
+    return salient.load_model("efficientnet-lite0")
+
+
+@pytest.fixture(scope="session")
+def real_engine(real_model):
+    import salient
+
+    with salient.Engine(real_model, batch_size=8) as eng:
+        yield eng
+
+
+@pytest.fixture(scope="session")
+def samples():
+    import salient
+
+    return {im.name: im for im in salient.data.sample_images()}

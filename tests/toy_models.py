@@ -1,0 +1,44 @@
+"""Tiny known-answer models for fast tests (built here, never downloaded)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import salient
+
+
+class Linear(nn.Module):
+    """logits = <W_k, x> + b_k: occlusion of a window changes class k by exactly -<W_k, x - fill> there."""
+
+    def __init__(self, n_classes: int = 3, size: int = 32, channels: int = 3, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.weight = nn.Parameter(torch.randn(n_classes, channels, size, size, generator=g) / size)
+        self.bias = nn.Parameter(torch.zeros(n_classes))
+
+    def forward(self, x):
+        return torch.einsum("nchw,kchw->nk", x, self.weight) + self.bias
+
+
+class Region(nn.Module):
+    """Class 0's logit is gain · mean of channel 0 over rows y0:y1, cols x0:x1 (nothing else matters);
+    optional ``neg`` box lowers it by the same rule. Class 1's logit is 0."""
+
+    def __init__(self, box=(8, 16, 20, 28), gain: float = 20.0, neg=None):
+        super().__init__()
+        self.box, self.gain, self.neg = box, gain, neg
+        self.dummy = nn.Parameter(torch.zeros(()))  # gives the module a device
+
+    def forward(self, x):
+        y0, y1, x0, x1 = self.box
+        z = self.gain * x[:, 0, y0:y1, x0:x1].mean(dim=(-2, -1))
+        if self.neg is not None:
+            a0, a1, b0, b1 = self.neg
+            z = z - self.gain * x[:, 0, a0:a1, b0:b1].mean(dim=(-2, -1))
+        return torch.stack([z, torch.zeros_like(z)], dim=1) + 0 * self.dummy
+
+
+def toy(module: nn.Module, size: int = 32, score: str = "logit", **opts) -> salient.Model:
+    """Wrap a toy module as a salient Model with identity preprocessing (mean 0, std 1)."""
+    return salient.load_model(module, input_size=size, mean="0,0,0", std="1,1,1", score=score, **opts)
