@@ -93,6 +93,14 @@ def _to_canonical(arr: np.ndarray, name: str) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+def _png_zero_size(path: Path) -> bool:
+    """True for a PNG whose header declares width or height 0 (Pillow refuses to identify those)."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+    return head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and (
+        int.from_bytes(head[16:20], "big") == 0 or int.from_bytes(head[20:24], "big") == 0)
+
+
 def load_image(src: str | os.PathLike | np.ndarray | torch.Tensor | Image, name: str | None = None) -> Image:
     """Load a path (JPEG, PNG, TIFF, WebP, BMP), numpy array or tensor as an :class:`Image`.
 
@@ -103,9 +111,7 @@ def load_image(src: str | os.PathLike | np.ndarray | torch.Tensor | Image, name:
         return src
     if isinstance(src, torch.Tensor):
         t = src.detach().cpu()
-        if t.ndim == 3 and t.shape[0] in (1, 3, 4) and t.shape[2] not in (1, 3, 4):
-            t = t.permute(1, 2, 0)
-        elif t.ndim == 3 and t.shape[0] in (1, 3, 4):
+        if t.ndim == 3 and t.shape[0] in (1, 3, 4):  # (C, H, W)
             t = t.permute(1, 2, 0)
         return Image(_to_canonical(t.numpy(), name or "tensor"), name or "tensor", "tensor")
     if isinstance(src, np.ndarray):
@@ -123,6 +129,8 @@ def load_image(src: str | os.PathLike | np.ndarray | torch.Tensor | Image, name:
             im.load()
             arr = _from_pil(im)
     except UnidentifiedImageError:
+        if _png_zero_size(path):
+            raise ItemError(f"{path}: zero-sized image (its PNG header gives width or height 0)") from None
         raise ItemError(f"{path}: not a readable image (unknown or corrupt format)") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ItemError(f"{path}: corrupt or truncated image ({e})") from None

@@ -30,3 +30,18 @@ def samples():
     import salient
 
     return {im.name: im for im in salient.data.sample_images()}
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole test session (tests marked ``ray``): 4 logical CPUs (2 workers,
+    a second engine's workers, a task), a small object store. Workers import what this process can."""
+    import ray
+
+    from salient.engine.ray_executor import start_local_ray
+
+    started = not ray.is_initialized()
+    start_local_ray(num_cpus=4, object_store_memory=96 * 2**20)
+    yield ray
+    if started:
+        ray.shutdown()

@@ -42,3 +42,44 @@ class Region(nn.Module):
 def toy(module: nn.Module, size: int = 32, score: str = "logit", **opts) -> salient.Model:
     """Wrap a toy module as a salient Model with identity preprocessing (mean 0, std 1)."""
     return salient.load_model(module, input_size=size, mean="0,0,0", std="1,1,1", score=score, **opts)
+
+
+class TinyConv(nn.Module):
+    """A small seeded nonlinear net (conv, ReLU, pooling, linear) for tests that need more than a
+    linear response; any input size."""
+
+    def __init__(self, n_classes: int = 4, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.head = nn.Linear(6 * 16, n_classes)
+
+    def forward(self, x):
+        z = torch.relu(self.conv(x))
+        return self.head(nn.functional.adaptive_avg_pool2d(z, 4).flatten(1))
+
+
+class NaNWhenBright(nn.Module):
+    """``Linear`` logits, but NaN for every input whose top-left pixel (channel 0) exceeds ``limit``."""
+
+    def __init__(self, limit: float = 0.9, size: int = 32):
+        super().__init__()
+        self.limit = limit
+        self.linear = Linear(size=size)
+
+    def forward(self, x):
+        out = self.linear(x)
+        bad = (x[:, 0, 0, 0] > self.limit)[:, None]
+        return torch.where(bad, torch.full_like(out, float("nan")), out)
+
+
+class FeatureMap(nn.Module):
+    """Outputs (N, 3, H, W): not a classifier."""
+
+    def forward(self, x):
+        return x * 2
+
+
+def make_linear(n_classes: int = 3) -> nn.Module:
+    """A ``pkg.module:callable`` entry point for model-spec tests."""
+    return Linear(n_classes=n_classes, seed=7)

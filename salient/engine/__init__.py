@@ -1,11 +1,13 @@
 """Runs methods: workers hold model replicas, the scheduler drives method generators."""
 
-from .engine import EXECUTORS, Engine, engine_for, explain, make_executor
+from .engine import EXECUTORS, Engine, Summary, engine_for, explain, make_executor
+from .executor import Done, Executor, Failed, Lost, Unit
+from .local import LocalExecutor
 from .scheduler import Scheduler, Task
 from .tasks import Item
 from .worker import QueryFailure, Worker, autotune_batch
 
 __all__ = [
-    "EXECUTORS", "Engine", "Item", "QueryFailure", "Scheduler", "Task", "Worker", "autotune_batch",
-    "engine_for", "explain", "make_executor",
+    "EXECUTORS", "Done", "Engine", "Executor", "Failed", "Item", "LocalExecutor", "Lost", "QueryFailure", "Scheduler",
+    "Summary", "Task", "Unit", "Worker", "autotune_batch", "engine_for", "explain", "make_executor",
 ]

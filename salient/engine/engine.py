@@ -4,7 +4,9 @@ generators through the scheduler on an executor, and returns Saliency results.""
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,6 +21,32 @@ from .scheduler import Scheduler, Task
 from .tasks import Item, explain_task, parse_target
 
 EXECUTORS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What an engine did; ``str()`` is the one-line summary a command prints at the end."""
+
+    executor: str
+    workers: int
+    batch_size: int
+    items: int
+    failed: int
+    n_forward: int
+    seconds: float
+
+    @property
+    def forward_per_s(self) -> float:
+        return self.n_forward / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def forward_per_s_per_worker(self) -> float:
+        return self.forward_per_s / max(1, self.workers)
+
+    def __str__(self) -> str:
+        return (f"{self.items} items ({self.failed} failed), {self.n_forward} forward passes, {self.seconds:.1f} s, "
+                f"{self.forward_per_s_per_worker:.1f} forward/s per worker ({self.workers} {self.executor} "
+                f"worker{'s' * (self.workers != 1)}, batch {self.batch_size})")
 
 
 def make_executor(kind: str, model: Model, **opts: Any):
@@ -60,14 +88,23 @@ def scored_task(item: Item, model: Model, method: str, target, seed: int, params
 
 
 class Engine:
-    """``with Engine(model, executor="local"|"ray", ...) as eng: eng.explain(img, method="rise")``."""
+    """``with Engine(model, executor="local"|"ray", ...) as eng: eng.explain(img, method="rise")``.
+
+    Executor options: ``workers``, ``batch_size``, ``threads``, ``device``, ``depth`` (units in flight
+    per worker), ``unit_batches``; for Ray also ``address`` (None: start or reuse a local Ray; "auto"
+    or host:port: join a cluster) and ``gpus_per_worker``. See LocalExecutor and RayExecutor.
+    """
 
     def __init__(self, model: str | Model | Any = "efficientnet-lite0", executor: str = "local",
-                 max_live: int = 64, **executor_opts: Any):
+                 max_live: int | None = None, **executor_opts: Any):
         self.model = load_model(model)
         self.executor = make_executor(executor, self.model, **executor_opts)
         self.max_live = max_live
         self.n_forward = 0
+        self.n_items = 0
+        self.n_failed = 0
+        self.seconds = 0.0
+        self.last_run: dict[str, Any] = {}  # the scheduler's stats of the latest run
 
     # -- context management
     def __enter__(self) -> Engine:
@@ -90,9 +127,21 @@ class Engine:
     def run(self, tasks: Iterable[Task], on_progress=None) -> Iterator[tuple[Task, Any]]:
         """Drive tasks; yields (task, result or exception) as each completes."""
         sched = Scheduler(self.executor, self.max_live, on_progress)
-        for task, out in sched.run(tasks):
-            self.n_forward += task.n_forward
-            yield task, out
+        t0 = time.perf_counter()
+        try:
+            for task, out in sched.run(tasks):
+                self.n_forward += task.n_forward
+                self.n_items += 1
+                self.n_failed += isinstance(out, BaseException)
+                yield task, out
+        finally:
+            self.seconds += time.perf_counter() - t0
+            self.last_run = sched.stats
+
+    def summary(self) -> Summary:
+        """Totals over every run so far: items, forward passes, seconds, forward passes/s per worker."""
+        return Summary(self.executor.kind, self.executor.n_workers, self.executor.batch_size, self.n_items,
+                       self.n_failed, self.n_forward, self.seconds)
 
     def explain_many(self, images: Iterable[Any], method: str = "rise", target: int | str = "top1", seed: int = 0,
                      metrics: Sequence[str] = (), step: int | None = None, substrate: Any = None,

@@ -1,42 +1,141 @@
-"""LocalExecutor: one in-process Worker; the default, and it never imports Ray."""
+"""LocalExecutor: in-process workers, one thread each; the default, and it never imports Ray.
+
+On CPU it runs one worker per core, each forward with 1 intra-op thread (torch's thread count is
+per thread): the same arithmetic as a Ray actor per CPU, so local and Ray maps agree bitwise, and
+as fast as one worker with every core on a busy machine (OpenMP teams spin when cores are shared).
+On a GPU it runs one worker. All workers share the model module (inference only) and one batch size.
+"""
 
 from __future__ import annotations
 
+import os
+import queue
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from ..methods.queries import Query
 from ..models import Model
+from .executor import Done, Event, Failed, Unit
 from .tasks import Item
-from .worker import Worker
+from .worker import Worker, default_threads, pick_device, resolve_batch_size
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
 
 
 class LocalExecutor:
-    """Evaluates queries synchronously on one worker in this process."""
+    """``workers`` threads (default: one per core on CPU, one on a GPU), ``threads`` intra-op threads
+    per forward (default 1 on CPU), one ``batch_size`` (default: see ``resolve_batch_size``)."""
 
     kind = "local"
 
-    def __init__(self, model: Model, device: str | None = None, batch_size: int | None = None, **_: Any):
-        self.worker = Worker(model, device=device, batch_size=batch_size)
+    def __init__(self, model: Model, device: str | None = None, batch_size: int | str | None = None,
+                 workers: int | None = None, threads: int | None = None, depth: int = 2, unit_batches: int = 4,
+                 max_items: int = 256, **_: Any):
+        dev = pick_device(device)
+        self.threads = default_threads(dev, threads)
+        if workers is None:
+            workers = max(1, cpu_count() // (self.threads or 1)) if dev.type == "cpu" else 1
+        if int(workers) < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.n_workers = int(workers)
+        self.depth, self.unit_batches = int(depth), int(unit_batches)
+        size = resolve_batch_size(model, dev, batch_size)  # once, shared: same shape, same bits
+        self.workers = [Worker(model, dev, size, max_items) for _ in range(self.n_workers)]
+        for w in self.workers:
+            w.threads = self.threads  # applied in the worker's own thread at each run
+        self.batch_size = size
+        self._pools: list[ThreadPoolExecutor] | None = None
+        self._done: queue.SimpleQueue = queue.SimpleQueue()
+        self._drops: list[list[str]] = [[] for _ in range(self.n_workers)]
+        self._held: dict[str, Item] = {}
+        self._inflight = 0
 
     @property
-    def batch_size(self) -> int:
-        return self.worker.batch_size
+    def worker(self) -> Worker:
+        """The first worker (kept for callers of the one-worker executor)."""
+        return self.workers[0]
 
-    @property
-    def n_workers(self) -> int:
-        return 1
+    def _pool(self, w: int) -> ThreadPoolExecutor:
+        if self._pools is None:
+            self._pools = [ThreadPoolExecutor(1, thread_name_prefix=f"salient-worker{i}")
+                           for i in range(self.n_workers)]
+        return self._pools[w]
 
+    # -- the executor contract (see executor.py)
+    def ready(self) -> list[int]:
+        return list(range(self.n_workers))
+
+    def submit(self, worker: int, unit: Unit) -> None:
+        unit.worker = worker
+        drops, self._drops[worker] = self._drops[worker], []
+        fut = self._pool(worker).submit(self._run, self.workers[worker], unit.queries, unit.items, drops)
+        self._inflight += 1
+        fut.add_done_callback(lambda f, u=unit: self._done.put((u, f)))
+
+    @staticmethod
+    def _run(worker: Worker, queries: list[Query], items: dict[str, Item], drops: list[str]) -> list[Any]:
+        for item_id in drops:
+            worker.drop(item_id)
+        for item_id, item in items.items():
+            if not worker.has(item_id):
+                worker.put(item_id, item.x)
+        return worker.run(queries)
+
+    def wait(self, timeout: float | None = None) -> list[Event]:
+        if not self._inflight:
+            if timeout:
+                time.sleep(timeout)
+            return []
+        try:
+            got = [self._done.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                got.append(self._done.get_nowait())
+            except queue.Empty:
+                break
+        self._inflight -= len(got)
+        events: list[Event] = []
+        for unit, fut in got:
+            err = fut.exception()
+            events.append(Failed(unit, err) if err is not None else Done(unit, fut.result()))
+        return events
+
+    def forget(self, item_id: str) -> None:
+        for drops in self._drops:  # delivered with the worker's next unit; caches are bounded LRUs anyway
+            drops.append(item_id)
+            if len(drops) > 4096:
+                del drops[:2048]
+
+    # -- the one-call interface (items held for ``evaluate``)
     def hold(self, item: Item) -> None:
-        self.worker.put(item.id, item.x)
+        self._held[item.id] = item
 
     def release(self, item_id: str) -> None:
-        self.worker.drop(item_id)
+        self._held.pop(item_id, None)
+        self.forget(item_id)
 
     def evaluate(self, queries: list[Query]) -> list[Any]:
-        return self.worker.run(queries)
+        """Run queries of held items on the first worker and wait for their results."""
+        items = {q.item: self._held[q.item] for q in queries if q.item in self._held}
+        fut: Future = self._pool(0).submit(self._run, self.workers[0], queries, items, [])
+        return fut.result()
 
     def stats(self) -> dict[str, Any]:
-        return {"workers": 1, "n_forward": self.worker.n_forward, "busy_seconds": self.worker.busy_seconds}
+        per = [w.stats() for w in self.workers]
+        return {"executor": self.kind, "workers": self.n_workers, "batch_size": self.batch_size,
+                "threads": self.threads, "n_forward": sum(p["n_forward"] for p in per),
+                "busy_seconds": sum(p["busy_seconds"] for p in per), "per_worker": per}
 
     def close(self) -> None:
-        pass
+        if self._pools is not None:
+            for pool in self._pools:
+                pool.shutdown(wait=True)
+            self._pools = None

@@ -62,12 +62,13 @@ def explain_task(item: Item, model: Model, method: str, target: int | tuple[str,
     targets = resolve_targets(target, scores)
     req = Request(item.id, item.size, targets, scores[list(targets)], seed, int(item.x.shape[0]))
     maps = yield from m.fn(req, **params)
+    resolved = dict(getattr(maps, "params", None) or {})  # e.g. the CAM layer actually used (methods.cam.Maps)
     maps = np.asarray(maps, dtype=np.float32)
     if not np.isfinite(maps).all():
         raise ItemError(f"{method} produced NaN values for item {item.id!r}")
     return [
         Saliency(map=maps[i], signed=m.signed, method=method, target=t, label=model.label(t),
-                 base_score=float(scores[t]), seed=seed, params=dict(params), item_id=item.id,
+                 base_score=float(scores[t]), seed=seed, params={**params, **resolved}, item_id=item.id,
                  seconds=time.perf_counter() - t0)
         for i, t in enumerate(targets)
     ]

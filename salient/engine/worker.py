@@ -1,10 +1,14 @@
 """A Worker holds one model replica on one device and evaluates queries for the items it holds.
 
-It is the same class behind every executor: in-process for LocalExecutor, inside a Ray actor for
+It is the same class behind every executor: in a thread of LocalExecutor, inside a Ray actor for
 RayExecutor. Queries from many items are packed into device batches of ``batch_size``; every
-forward pass has exactly that batch shape (a short last batch is padded), because on CPU a
-sample's output depends, in the last bits, on the batch shape: a fixed shape makes maps
-independent of how queries were packed.
+forward pass has exactly that batch shape (a short last batch is padded).
+
+Determinism (CPU): a sample's output depends, in the last bits, on the batch *shape* and on the
+number of intra-op threads of the forward, but not on which other samples share the batch. So every
+worker of an engine uses one shared ``batch_size`` and the same ``threads`` (1 per worker on CPU,
+parallelism coming from one worker per core); maps are then bitwise identical whatever the
+executor, the number of workers and the packing of queries.
 """
 
 from __future__ import annotations
@@ -17,11 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ItemError
+from ..errors import ItemError, SalientError
 from ..methods.queries import ItemContext, Query
 from ..models import Model
 
 BATCH_CANDIDATES = (1, 2, 4, 8, 16, 32, 64)
+CPU_BATCH_SIZE = 8  # the CPU default: fixed, so that two runs of the same job give the same bits
 
 
 @dataclass
@@ -40,13 +45,11 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
 
 def autotune_batch(model: Model, device: torch.device, candidates=BATCH_CANDIDATES, min_seconds: float = 0.3) -> int:
     """The batch size with the highest images/s on random inputs; stops once throughput falls."""
-    module = model.module
+    module = model.module.to(device).eval()
     best, best_rate = candidates[0], 0.0
     with torch.inference_mode():
         for b in candidates:
-            x = torch.randn(b, model.channels, *model.input_size, device=device).contiguous(
-                memory_format=torch.channels_last
-            )
+            x = torch.randn(b, *model.input_shape, device=device).contiguous(memory_format=model.memory_format)
             module(x)
             n, t0 = 0, time.perf_counter()
             while True:
@@ -64,31 +67,63 @@ def autotune_batch(model: Model, device: torch.device, candidates=BATCH_CANDIDAT
     return best
 
 
+def resolve_batch_size(model: Model, device: torch.device, batch_size: int | str | None) -> int:
+    """A number is kept; "auto" autotunes; None autotunes on an accelerator and is
+    ``CPU_BATCH_SIZE`` on CPU (timing-based choices differ between runs, and the bits with them)."""
+    if batch_size is None:
+        return CPU_BATCH_SIZE if device.type == "cpu" else autotune_batch(model, device)
+    if str(batch_size).strip().lower() == "auto":
+        return autotune_batch(model, device)
+    try:
+        b = int(batch_size)
+    except (TypeError, ValueError):
+        b = 0
+    if b < 1:
+        raise SalientError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
+    return b
+
+
+def default_threads(device: torch.device, threads: int | None) -> int | None:
+    """Intra-op threads per forward: 1 on CPU unless given (deterministic whatever the worker count);
+    None (leave torch alone) on an accelerator."""
+    if threads is not None:
+        return int(threads)
+    return 1 if device.type == "cpu" else None
+
+
 class Worker:
     """Evaluates queries against the items it holds.
 
     ``put(item_id, x)`` caches an item's preprocessed input (an LRU bounded by ``max_items``);
-    ``run(queries)`` returns one result per query, or a :class:`QueryFailure`.
+    ``run(queries)`` returns one result per query, or a :class:`QueryFailure`. ``threads`` is
+    applied to the calling thread at every ``run`` (torch's thread count is per thread).
     """
 
     def __init__(
-        self, model: Model, device: str | torch.device | None = None, batch_size: int | None = None,
+        self, model: Model, device: str | torch.device | None = None, batch_size: int | str | None = None,
         max_items: int = 256, threads: int | None = None,
     ):
-        if threads:
-            torch.set_num_threads(int(threads))
         self.model = model
         self.device = pick_device(device)
+        self.threads = int(threads) if threads else None
+        self._apply_threads()
         self.module = model.module.to(self.device).eval()
         if self.device.type in ("cpu", "cuda"):
-            self.module = self.module.to(memory_format=torch.channels_last)
-        self.batch_size = int(batch_size) if batch_size else autotune_batch(model, self.device)
+            self.module = self.module.to(memory_format=self.model.memory_format)
+        self.batch_size = resolve_batch_size(model, self.device, batch_size)
         self.max_items = max_items
         self.items: OrderedDict[str, ItemContext] = OrderedDict()
         self.black = model.black(self.device)
         self.n_forward = 0
+        self.n_batches = 0
+        self.n_units = 0
+        self.items_received = 0
         self.busy_seconds = 0.0
-        self._buffer: torch.Tensor | None = None
+        self._buffers: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def _apply_threads(self) -> None:
+        if self.threads and torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
 
     def has(self, item_id: str) -> bool:
         return item_id in self.items
@@ -97,6 +132,7 @@ class Worker:
         x = torch.as_tensor(x, dtype=torch.float32).to(self.device)
         self.items[item_id] = ItemContext(item_id, x, self.black)
         self.items.move_to_end(item_id)
+        self.items_received += 1
         while len(self.items) > self.max_items:
             self.items.popitem(last=False)
 
@@ -110,82 +146,118 @@ class Worker:
         self.items.move_to_end(item_id)
         return ctx
 
+    def stats(self) -> dict[str, Any]:
+        return {"n_forward": self.n_forward, "n_batches": self.n_batches, "n_units": self.n_units,
+                "items_received": self.items_received, "busy_seconds": self.busy_seconds,
+                "batch_size": self.batch_size, "threads": self.threads, "device": str(self.device)}
+
     def _buf(self, shape: tuple[int, ...]) -> torch.Tensor:
-        if self._buffer is None or tuple(self._buffer.shape) != shape:
-            self._buffer = torch.zeros(shape, device=self.device).contiguous(memory_format=torch.channels_last)
-        return self._buffer
+        buf = self._buffers.get(shape)
+        if buf is None:
+            if len(self._buffers) >= 4:
+                self._buffers.clear()
+            buf = torch.zeros(shape, device=self.device)
+            if buf.ndim == 4:
+                buf = buf.contiguous(memory_format=self.model.memory_format)
+            self._buffers[shape] = buf
+        return buf
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Scores (n, K) of the model's score kind for a batch already on the device."""
+        return self.model.score(self.forward_logits(x))
+
+    def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw outputs (n, K) for a batch already on the device."""
         with torch.inference_mode():
             logits = self.module(x)
         self.n_forward += x.shape[0]
-        return self.model.score(logits)
+        self.n_batches += 1
+        return logits
 
     def run(self, queries: list[Query]) -> list[Any]:
         """Evaluate queries; results are in the same order. A failing item fails only its queries."""
         t0 = time.perf_counter()
+        self._apply_threads()
+        self.n_units += 1
         results: list[Any] = [None] * len(queries)
         failed: dict[str, str] = {}
         states: dict[int, Any] = {}
-        segments: list[tuple[int, int, int]] = []  # (query index, start, stop) in packing order
+        groups: dict[tuple[int, ...], list[int]] = {}  # item input shape -> query indices, in order
         for qi, q in enumerate(queries):
             if q.item not in self.items:
                 results[qi] = QueryFailure(q.item, f"worker does not hold item {q.item!r}")
                 continue
+            ctx = self.context(q.item)
             execute = getattr(q, "execute", None)
-            if execute is not None:  # white-box queries run on their own (forward + backward)
-                try:
-                    results[qi] = execute(self.context(q.item), self)
-                except ItemError as e:
-                    results[qi] = QueryFailure(q.item, str(e))
+            try:
+                if execute is not None:  # white-box queries run on their own (forward + backward)
+                    results[qi] = execute(ctx, self)
+                    continue
+                states[qi] = q.reduce_init(ctx)
+            except ItemError as e:
+                results[qi] = QueryFailure(q.item, str(e))
                 continue
-            states[qi] = q.reduce_init(self.context(q.item))
-            segments.append((qi, 0, q.size()))
+            groups.setdefault(tuple(ctx.x.shape), []).append(qi)
+        for shape, indices in groups.items():
+            self._run_group(queries, indices, self._buf((self.batch_size, *shape)), states, failed)
+        for qi, q in enumerate(queries):
+            if results[qi] is not None:
+                continue
+            if q.item not in failed:
+                try:
+                    results[qi] = q.finish(states[qi], self.context(q.item))
+                    continue
+                except ItemError as e:
+                    failed[q.item] = str(e)
+            results[qi] = QueryFailure(q.item, failed[q.item])
+        self.busy_seconds += time.perf_counter() - t0
+        return results
+
+    def _run_group(self, queries: list[Query], indices: list[int], buf: torch.Tensor, states: dict[int, Any],
+                   failed: dict[str, str]) -> None:
+        """Pack the inputs of ``queries[indices]`` (one input shape) into full batches and reduce."""
         b = self.batch_size
-        x0 = next(iter(self.items.values())).x if self.items else None
-        pending: list[tuple[int, int, int, int, Any]] = []
+        pending: list[tuple[int, int, int, int, Any]] = []  # (query index, start, stop, offset, aux)
         fill = 0
-        buf = self._buf((b, *x0.shape)) if x0 is not None and segments else None
 
         def flush() -> None:
             nonlocal fill, pending
             if not pending:
                 return
-            scores = self.forward(buf)  # always the full batch shape
+            logits = self.forward_logits(buf)  # always the full batch shape
+            scores: dict[str, torch.Tensor] = {}  # per score kind: a query may ask for its own (score_kind)
             for qi, s, e, off, aux in pending:
                 q = queries[qi]
                 if q.item in failed:
                     continue
-                sc = scores[off : off + (e - s)]
+                kind = getattr(q, "score_kind", None) or self.model.score_kind
+                if kind not in scores:
+                    scores[kind] = self.model.score(logits, kind)
+                sc = scores[kind][off : off + (e - s)]
                 if not torch.isfinite(sc[:, list(q.targets)] if q.targets else sc).all():
                     failed[q.item] = f"model returned NaN or infinite scores for item {q.item!r}"
                     continue
-                states[qi] = q.reduce(states[qi], aux, sc)
-            pending, fill = [], 0
-
-        for qi, s, e in segments:
-            q = queries[qi]
-            while s < e:
-                take = min(e - s, b - fill)
-                ctx = self.context(q.item)
                 try:
-                    aux = q.build(ctx, s, s + take, buf[fill : fill + take])
+                    states[qi] = q.reduce(states[qi], aux, sc)
                 except ItemError as err:
                     failed[q.item] = str(err)
-                    aux = None
+            pending, fill = [], 0
+
+        for qi in indices:
+            q = queries[qi]
+            s, e = 0, q.size()
+            while s < e:
+                if q.item in failed:
+                    break
+                take = min(e - s, b - fill)
+                try:
+                    aux = q.build(self.context(q.item), s, s + take, buf[fill : fill + take])
+                except ItemError as err:
+                    failed[q.item] = str(err)
+                    break
                 pending.append((qi, s, s + take, fill, aux))
                 fill += take
                 s += take
                 if fill == b:
                     flush()
         flush()
-        for qi, q in enumerate(queries):
-            if results[qi] is not None:
-                continue
-            if q.item in failed:
-                results[qi] = QueryFailure(q.item, failed[q.item])
-            else:
-                results[qi] = q.finish(states[qi], self.context(q.item))
-        self.busy_seconds += time.perf_counter() - t0
-        return results

@@ -10,6 +10,8 @@ import math
 import numpy as np
 import torch
 
+from .fills import match_layout
+
 
 def grid_cells(size: tuple[int, int], g: int) -> np.ndarray:
     """The g x g cells of DiDA, row-major: cell (i, j) spans rows floor(i·H/g) .. floor((i+1)·H/g) - 1."""
@@ -42,6 +44,18 @@ def squares(size: tuple[int, int], centers: np.ndarray, half: np.ndarray) -> np.
     ).astype(np.int64)
 
 
+def paste_boxes(out: torch.Tensor, base: torch.Tensor, inner: torch.Tensor, boxes) -> torch.Tensor:
+    """out[k] = ``base`` everywhere except box k (y0, y1, x0, x1), which shows ``inner``; in place.
+    ``base`` and ``inner`` are (C, H, W) or broadcastable ((C, 1, 1) fills), clips alike; a box covers
+    all channels (and frames). Occlusion "delete" is (x, fill), "keep" is (fill, x). One copy of
+    ``base`` plus a small copy per box: no masks are built."""
+    out.copy_(match_layout(base, out).expand(out.shape))
+    flat = inner.shape[-2:] == (1, 1)
+    for k, (y0, y1, x0, x1) in enumerate(np.asarray(boxes, dtype=np.int64).reshape(-1, 4).tolist()):
+        out[k, ..., y0:y1, x0:x1] = inner if flat else inner[..., y0:y1, x0:x1]
+    return out
+
+
 def box_masks(
     boxes: np.ndarray | torch.Tensor, size: tuple[int, int], device: torch.device | str = "cpu"
 ) -> torch.Tensor:
@@ -52,3 +66,17 @@ def box_masks(
     iny = (ys[None] >= b[:, 0:1]) & (ys[None] < b[:, 1:2])
     inx = (xs[None] >= b[:, 2:3]) & (xs[None] < b[:, 3:4])
     return (iny[:, :, None] & inx[:, None, :]).float()
+
+
+def box_mean(a: np.ndarray, half: int) -> np.ndarray:
+    """Mean of ``a`` (..., H, W) over the (2·half + 1)² window around each pixel, clipped to the image
+    (``AvgPool2d(2h+1, stride=1, padding=h, count_include_pad=False)``), by summed-area tables in float64."""
+    a = np.asarray(a, dtype=np.float64)
+    h, w = a.shape[-2:]
+    sat = np.zeros((*a.shape[:-2], h + 1, w + 1))
+    sat[..., 1:, 1:] = a.cumsum(-2).cumsum(-1)
+    y0, y1 = np.clip(np.arange(h) - half, 0, h), np.clip(np.arange(h) + half + 1, 0, h)
+    x0, x1 = np.clip(np.arange(w) - half, 0, w), np.clip(np.arange(w) + half + 1, 0, w)
+    total = (sat[..., y1[:, None], x1[None, :]] - sat[..., y0[:, None], x1[None, :]]
+             - sat[..., y1[:, None], x0[None, :]] + sat[..., y0[:, None], x0[None, :]])
+    return total / ((y1 - y0)[:, None] * (x1 - x0)[None, :])

@@ -17,7 +17,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import SalientError
+
 FILL_NAMES = ("zero", "black", "blur", "mean")
+
+
+class FillError(SalientError, ValueError):
+    """An unknown fill: a user error (SalientError) that callers may also catch as ValueError."""
 
 
 @lru_cache(maxsize=4)
@@ -42,6 +48,7 @@ def blur(x: torch.Tensor, klen: int = 11, sigma: float = 5.0) -> torch.Tensor:
 
 
 def check_fill(fill: str | float) -> str | float:
+    """A fill name or a number (strings of numbers become floats); anything else raises FillError."""
     if isinstance(fill, (int, float)) and not isinstance(fill, bool):
         return float(fill)
     if isinstance(fill, str):
@@ -51,26 +58,38 @@ def check_fill(fill: str | float) -> str | float:
             pass
         if fill in FILL_NAMES:
             return fill
-    raise ValueError(f"fill must be one of {', '.join(FILL_NAMES)} or a number, got {fill!r}")
+    raise FillError(f"fill must be one of {', '.join(FILL_NAMES)} or a number, got {fill!r}")
 
 
 def fill_tensor(fill: str | float, x: torch.Tensor, black: torch.Tensor) -> torch.Tensor:
-    """The substrate for image x (C, H, W): a tensor broadcastable to x."""
+    """The substrate for image x (C, H, W) (or clip (C, T, H, W)): a tensor broadcastable to x."""
     fill = check_fill(fill)
+    const = (x.shape[0],) + (1,) * (x.ndim - 1)
     if isinstance(fill, float):
-        return torch.full((x.shape[0], 1, 1), fill, dtype=x.dtype, device=x.device)
+        return torch.full(const, fill, dtype=x.dtype, device=x.device)
     if fill == "zero":
-        return torch.zeros((x.shape[0], 1, 1), dtype=x.dtype, device=x.device)
+        return torch.zeros(const, dtype=x.dtype, device=x.device)
     if fill == "black":
-        return black.to(x.device, x.dtype).view(-1, 1, 1)
+        return black.to(x.device, x.dtype).reshape(const)
     if fill == "mean":
         return x.mean(dim=(-2, -1), keepdim=True)
     return blur(x)
 
 
+def match_layout(t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``t`` (C, H, W) stored like one sample of the batch ``out``: an HWC-ordered copy when ``out`` is
+    channels_last (element-wise writes into it then read and write memory in order, ~3x faster on
+    CPU), ``t`` itself otherwise (also when ``t`` broadcasts over H and W)."""
+    if (t.ndim == 3 and out.ndim == 4 and t.shape[-2:] != (1, 1) and not out.is_contiguous()
+            and out.is_contiguous(memory_format=torch.channels_last)):
+        return t.permute(1, 2, 0).contiguous().permute(2, 0, 1)
+    return t
+
+
 def blend_into(out: torch.Tensor, x: torch.Tensor, substrate: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """out[k] = substrate + keep[k] · (x - substrate), written in place; keep is (n, H, W) in [0, 1]."""
-    diff = x - substrate
-    torch.mul(keep[:, None], diff[None], out=out)
-    out.add_(substrate)
+    """out[k] = substrate + keep[k] · (x - substrate), written in place in one pass; keep is (n, H, W)
+    in [0, 1], broadcast over channels (and frames for a clip)."""
+    diff = match_layout(x - substrate, out)
+    k = keep.reshape(keep.shape[0], *([1] * (out.ndim - 3)), *keep.shape[-2:])
+    torch.addcmul(match_layout(substrate, out), k, diff[None], out=out)
     return out

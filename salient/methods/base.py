@@ -39,6 +39,9 @@ class Method:
     fn: Callable[..., MethodGen]
     signed: bool
     doc: str
+    # Parameters that name another method, whose own parameters then arrive as ``<name>.<param>``
+    # (e.g. ``prior.n_masks``), with this method's default overrides per named method (see check_nested).
+    nested: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict, hash=False, compare=False)
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -49,21 +52,41 @@ class Method:
         """Validate names and coerce types (strings from ``--set`` included) against the defaults."""
         defaults = self.defaults
         out = dict(defaults)
+        given: dict[str, dict[str, Any]] = {}
         for key, value in params.items():
+            prefix, dot, rest = key.partition(".")
+            if dot and prefix in self.nested:
+                given.setdefault(prefix, {})[rest] = value
+                continue
             if key not in defaults:
                 raise SalientError(
                     f"unknown parameter {key!r} for method {self.name}; valid: {', '.join(sorted(defaults)) or 'none'}"
                 )
             out[key] = coerce(key, value, defaults[key], self.name)
+        for prefix in self.nested:
+            out.update(self.check_nested(prefix, out[prefix], given.get(prefix, {})))
         return out
+
+    def check_nested(self, prefix: str, target: Any, given: dict[str, Any]) -> dict[str, Any]:
+        """The parameters of the method that parameter ``prefix`` names (``target``), as ``prefix.<name>``
+        keys: that method's defaults, overridden by this method's defaults for it, then by ``given``,
+        all checked by that method. A ``target`` that is not a method name (e.g. a map) takes none."""
+        if not isinstance(target, str):
+            if given:
+                raise SalientError(f"{self.name}: {prefix}.* parameters need {prefix} to be a method name")
+            return {}
+        checked = get_method(target).check_params({**self.nested[prefix].get(target, {}), **given})
+        return {f"{prefix}.{k}": v for k, v in checked.items()}
 
 
 METHODS: dict[str, Method] = {}
 
 
-def register(name: str, signed: bool) -> Callable:
+def register(name: str, signed: bool, nested: dict[str, dict[str, dict[str, Any]]] | None = None) -> Callable:
+    """Register a method generator; ``nested`` declares parameters that name other methods (Method.nested)."""
+
     def deco(fn: Callable[..., MethodGen]) -> Callable[..., MethodGen]:
-        METHODS[name] = Method(name, fn, signed, (fn.__doc__ or "").strip().split("\n")[0])
+        METHODS[name] = Method(name, fn, signed, (fn.__doc__ or "").strip().split("\n")[0], dict(nested or {}))
         return fn
 
     return deco

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..kernels import blend_into, box_masks, rise_masks
+from ..kernels import blend_into, paste_boxes, rise_masks
 
 
 class ItemContext:
@@ -139,9 +139,9 @@ class BoxQuery(Query):
         return len(self.boxes)
 
     def build(self, ctx, start, stop, out):
-        inside = box_masks(np.asarray(self.boxes[start:stop]), ctx.size, ctx.device)
-        keep = inside if self.mode == "keep" else 1.0 - inside
-        blend_into(out, ctx.x, ctx.fill(self.fill), keep)
+        fill = ctx.fill(self.fill)
+        base, inner = (fill, ctx.x) if self.mode == "keep" else (ctx.x, fill)
+        paste_boxes(out, base, inner, self.boxes[start:stop])
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,14 @@ import math
 import numpy as np
 
 from ..errors import SalientError
+from ..kernels import check_fill
 from .base import Request, register
 from .queries import RiseQuery
 
 
 @register("rise", signed=False)
 def rise(
-    req: Request, n_masks: int = 4000, cells: int = 7, p: float = 0.5, chunk: int = 500,
+    req: Request, n_masks: int = 4000, cells: int = 7, p: float = 0.5, chunk: int = 128,
     fill: str = "zero", debiased: bool = False,
 ):
     """RISE: S(x) = (1 / (N·p)) · Σ_i f_c(I ⊙ M_i) · M_i(x), masks drawn in chunks from (seed, chunk).
@@ -21,11 +22,15 @@ def rise(
     Same masks as the authors' code (eclique/RISE) up to the random stream; the masked image is
     I ⊙ M + fill ⊙ (1 - M) with fill 0 in normalised space, as theirs. ``debiased`` returns
     Σ f·(M − p) / (N·p·(1−p)) instead (signed in principle; values near 0 mean no effect).
+    A query holds ``chunk`` masks and returns their partial sums (one map per target): 128 is a
+    multiple of every power-of-two batch size up to 128 (no padded batch rows but the last chunk's)
+    and makes enough queries to keep several workers busy on one image.
     """
     if n_masks < 1 or cells < 1 or chunk < 1:
         raise SalientError("rise: n_masks, cells and chunk must be >= 1")
     if not 0.0 < p < 1.0 if debiased else not 0.0 < p <= 1.0:
         raise SalientError(f"rise: p must lie in (0, 1{')' if debiased else ']'}, got {p}")
+    fill = check_fill(fill)
     n_chunks = math.ceil(n_masks / chunk)
     queries = [
         RiseQuery(req.item, req.targets, seed=req.seed, chunk=i, n=min(chunk, n_masks - i * chunk),

@@ -8,7 +8,9 @@ keyword arguments):
 - a TorchScript file (``*.pt``, ``*.pth``, ``*.ts``, ``*.torchscript``);
 - ``package.module:callable`` returning an ``nn.Module``.
 Options: ``weights``, ``score`` (softmax | logit | sigmoid), ``input_size`` (e.g. 224 or 224x320),
-``mean`` and ``std`` (comma-separated), ``seed``.
+``mean`` and ``std`` (comma-separated), ``seed``, ``frames`` (> 0: a video net taking clips
+(C, frames, H, W); torchvision's video architectures default to 16 frames of 112 x 112, Kinetics
+mean/std).
 Nothing is ever downloaded.
 """
 
@@ -30,7 +32,9 @@ from .model import Model
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
-OPTION_KEYS = ("weights", "score", "input_size", "mean", "std", "seed", "labels")
+OPTION_KEYS = ("weights", "score", "input_size", "mean", "std", "seed", "labels", "frames")
+KINETICS_MEAN = (0.43216, 0.394666, 0.37645)  # torchvision's video nets (r3d_18, mc3_18, r2plus1d_18)
+KINETICS_STD = (0.22803, 0.22145, 0.216989)
 SCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".jit")
 
 
@@ -95,6 +99,22 @@ def _torchvision(arch: str, weights: str | None, seed: int) -> nn.Module:
     return net
 
 
+def _is_video(arch: str) -> bool:
+    import torchvision.models as tvm
+
+    return arch in tvm.list_models(module=tvm.video)
+
+
+def _frames(value: Any) -> int:
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = -1
+    if n < 0:
+        raise SalientError(f"frames must be a non-negative integer (0: an image model), got {value!r}")
+    return n
+
+
 def _callable(target: str) -> nn.Module:
     mod_name, _, attr = target.partition(":")
     try:
@@ -111,7 +131,7 @@ def _callable(target: str) -> nn.Module:
 
 
 def _check_output(model: Model) -> int:
-    x = torch.zeros(1, model.channels, *model.input_size)
+    x = torch.zeros(1, *model.input_shape)
     try:
         with torch.inference_mode():
             out = model.module(x)
@@ -146,6 +166,9 @@ def load_model(spec: str | nn.Module | Model = "efficientnet-lite0", **options: 
     elif name.startswith("torchvision:"):
         net = _torchvision(name.split(":", 1)[1], opts.get("weights"), seed)
         mean, std = IMAGENET_MEAN, IMAGENET_STD
+        if _is_video(name.split(":", 1)[1]):
+            mean, std, size = KINETICS_MEAN, KINETICS_STD, (112, 112)
+            opts.setdefault("frames", 16)
     elif name.lower().endswith(SCRIPT_SUFFIXES) or Path(name).is_file():
         path = Path(name)
         if not path.is_file():
@@ -169,9 +192,11 @@ def load_model(spec: str | nn.Module | Model = "efficientnet-lite0", **options: 
         size = _size(opts["input_size"])
     if len(mean) != len(std):
         raise SalientError(f"mean has {len(mean)} values but std has {len(std)}")
+    frames = _frames(opts.get("frames", 0))
     model = Model(
         module=net.eval(), name=name, input_size=size, mean=mean, std=std, labels=[],
         score_kind=str(opts.get("score", "softmax")), spec=spec if isinstance(spec, str) else "", options=opts,
+        frames=frames,
     )
     n = _check_output(model)
     labels = opts.get("labels")

@@ -22,6 +22,7 @@ class Model:
     Preprocessing: bilinear (antialiased) resize of the whole image to ``input_size`` (aspect ratio
     not kept, so the map covers the whole photo), then ``(x - mean) / std`` per channel.
     ``score(logits)`` turns raw outputs into the scores that methods explain.
+    Video nets have ``frames`` > 0: their input is a clip (C, T, H, W) (``preprocess_clip``).
     """
 
     module: nn.Module
@@ -33,6 +34,7 @@ class Model:
     score_kind: str = "softmax"
     spec: str = ""
     options: dict = field(default_factory=dict)
+    frames: int = 0  # > 0: a video net whose input is (C, frames, H, W)
 
     def __post_init__(self) -> None:
         if self.score_kind not in SCORE_KINDS:
@@ -47,6 +49,16 @@ class Model:
     def channels(self) -> int:
         return len(self.mean)
 
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One input without the batch axis: (C, H, W), or (C, T, H, W) for a video net."""
+        return (self.channels, self.frames, *self.input_size) if self.frames else (self.channels, *self.input_size)
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """Layout for the module and its input batches: channels_last for 2-D nets, plain for video nets."""
+        return torch.contiguous_format if self.frames else torch.channels_last
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """(x - mean) / std over the channel axis (axis -3)."""
         shape = (-1, 1, 1)
@@ -55,8 +67,9 @@ class Model:
         return (x - m) / s
 
     def black(self, device: torch.device | str = "cpu") -> torch.Tensor:
-        """Pixel value 0 before normalisation, in normalised space: shape (C, 1, 1)."""
-        return self.normalize(torch.zeros(self.channels, 1, 1, device=device))
+        """Pixel value 0 before normalisation, in normalised space: shape (C, 1, 1) ((C, 1, 1, 1) for video)."""
+        black = self.normalize(torch.zeros(self.channels, 1, 1, device=device))
+        return black[..., None] if self.frames else black
 
     def preprocess(self, image: Image | np.ndarray | torch.Tensor | str) -> torch.Tensor:
         """Image -> normalised float32 tensor (C, H, W) at the model's input size."""
@@ -66,12 +79,19 @@ class Model:
             x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=True)
         return self.normalize(x[0].clamp(0.0, 1.0)).contiguous()
 
-    def score(self, logits: torch.Tensor) -> torch.Tensor:
-        """Raw outputs (N, K) -> scores (N, K) of the model's score kind, in float32."""
+    def preprocess_clip(self, clip: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Frames (a sequence of images, e.g. an array (T, H, W, 3)), each as ``preprocess`` -> (C, T, H, W)."""
+        if len(clip) == 0:
+            raise SalientError("empty clip: expected frames (T, H, W, 3)")
+        return torch.stack([self.preprocess(frame) for frame in clip], dim=1).contiguous()
+
+    def score(self, logits: torch.Tensor, kind: str | None = None) -> torch.Tensor:
+        """Raw outputs (N, K) -> scores (N, K) of ``kind`` (default: the model's score kind), in float32."""
         logits = logits.float()
-        if self.score_kind == "softmax":
+        kind = kind or self.score_kind
+        if kind == "softmax":
             return logits.softmax(dim=-1)
-        if self.score_kind == "sigmoid":
+        if kind == "sigmoid":
             return logits.sigmoid()
         return logits
 

@@ -1,0 +1,345 @@
+"""Throughput of salient on this machine (issue 2, "Speed"): prints one table.
+
+Sections (each a small function that prints rows; add more with ``@section``):
+- ``raw``: the model's raw forward rate (images/s) per batch size, in one stream with all intra-op
+  threads and in the engine's CPU layout (one stream per core, 1 thread each); the best is "raw".
+- ``build``: what the worker does besides the forward, per input: building masked inputs (RISE
+  masks, DiDA/occlusion boxes) and RISE's on-device reduction, next to the forward's own cost.
+- ``engine``: masked forward passes/s of RISE, DiDA and occlusion through ``salient.Engine`` and their
+  ratio to raw (goal >= 0.95); padding = forward rows that carried no query.
+- ``captum``: occlusion (window 32, stride 16) by Captum's ``Occlusion`` (default
+  ``perturbations_per_eval=1``) vs ours on the same image and target (goal: ours >= 3x faster).
+- ``ray``: the same jobs through RayExecutor (one actor per core) vs the raw forward rate of the
+  same layout on the same cores (goal >= 0.9).
+
+Run on a quiet machine; timings taken while other jobs run are not results.
+
+    python benchmarks/throughput.py                 # full run (several minutes on a 2-core CPU)
+    python benchmarks/throughput.py --quick         # smoke run (well under a minute)
+    python benchmarks/throughput.py --only raw,captum --batch-size 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+import salient
+from salient.engine.local import cpu_count
+from salient.engine.worker import pick_device
+from salient.kernels import grid_cells, sliding_windows
+from salient.methods import BoxQuery, ItemContext, RiseQuery
+
+RATIO_GOAL, CAPTUM_GOAL = 0.95, 3.0
+
+
+@dataclass
+class Bench:
+    """What every section shares; ``raw`` (best raw images/s) is set by the ``raw`` section."""
+
+    model: salient.Model
+    image: salient.Image
+    quick: bool
+    device: torch.device
+    engine_opts: dict[str, Any]
+    raw: float = 0.0
+    raw_batch: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+SECTIONS: dict[str, Callable[[Bench], None]] = {}
+
+
+def section(name: str) -> Callable:
+    def deco(fn: Callable[[Bench], None]) -> Callable[[Bench], None]:
+        SECTIONS[name] = fn
+        return fn
+
+    return deco
+
+
+HEADER = f"{'section':<8} {'what':<40} {'n':>6} {'seconds':>8} {'per s':>8} {'ratio':>7}  note"
+
+
+def row(sec: str, what: str, n: int | str = "", seconds: float | None = None, rate: float | None = None,
+        ratio: float | None = None, note: str = "") -> None:
+    """One table row: ``rate`` defaults to n / seconds."""
+    if rate is None and seconds and isinstance(n, int):
+        rate = n / seconds
+    sec_s = f"{seconds:8.2f}" if seconds is not None else " " * 8
+    rate_s = f"{rate:8.1f}" if rate is not None else " " * 8
+    ratio_s = f"{ratio:7.2f}" if ratio is not None else " " * 7
+    print(f"{sec:<8} {what:<40} {n!s:>6} {sec_s} {rate_s} {ratio_s}  {note}".rstrip(), flush=True)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+# ---------------------------------------------------------------- raw forward
+
+
+def _batch(model: salient.Model, b: int, device: torch.device) -> torch.Tensor:
+    x = torch.randn(b, *model.input_shape, device=device)
+    return x.contiguous(memory_format=model.memory_format) if x.ndim == 4 else x
+
+
+def raw_rate(model: salient.Model, b: int, device: torch.device, seconds: float, streams: int = 1,
+             threads: int | None = None) -> tuple[int, float]:
+    """Images and seconds of ``streams`` threads each running full batches of ``b`` for ~``seconds``
+    (after one warm-up batch), each with ``threads`` intra-op threads (None: torch's default)."""
+    module = model.module.to(device).eval()
+    if device.type != "meta":
+        module = module.to(memory_format=model.memory_format)
+    default = torch.get_num_threads()
+    counts = [0] * streams
+    start = threading.Barrier(streams + 1)
+    stop_at = [0.0]
+
+    def stream(k: int) -> None:
+        torch.set_num_threads(threads or default)
+        x = _batch(model, b, device)
+        with torch.inference_mode():
+            module(x)
+            sync(device)
+            start.wait()
+            while time.perf_counter() < stop_at[0]:
+                module(x)
+                sync(device)
+                counts[k] += b
+
+    pool = [threading.Thread(target=stream, args=(k,)) for k in range(streams)]
+    for t in pool:
+        t.start()
+    stop_at[0] = time.perf_counter() + 3600
+    start.wait()
+    t0 = time.perf_counter()
+    stop_at[0] = t0 + seconds
+    for t in pool:
+        t.join()
+    elapsed = time.perf_counter() - t0
+    torch.set_num_threads(default)
+    return sum(counts), elapsed
+
+
+@section("raw")
+def raw_section(bench: Bench) -> None:
+    dev = bench.device
+    sizes = (1, 8, 16) if bench.quick else (1, 2, 4, 8, 16, 32, 64)
+    secs = 1.0 if bench.quick else 4.0
+    layouts = [("1 stream", 1, None)]
+    cores = cpu_count()
+    if dev.type == "cpu" and cores > 1:
+        layouts.append((f"{cores} streams x 1 thread", cores, 1))
+    best = (0.0, 0, "")
+    for name, streams, threads in layouts:
+        for b in sizes:
+            n, s = raw_rate(bench.model, b, dev, secs, streams, threads)
+            rate = n / s
+            row("raw", f"forward batch {b}, {name}", n, s, rate)
+            best = max(best, (rate, b, name))
+    bench.raw, bench.raw_batch = best[0], best[1]
+    row("raw", "best raw forward", "", None, best[0], note=f"batch {best[1]}, {best[2]}")
+
+
+# ---------------------------------------------------------------- worker-side costs
+
+
+def _time(fn: Callable[[], Any], device: torch.device, repeat: int) -> float:
+    fn()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    sync(device)
+    return (time.perf_counter() - t0) / repeat
+
+
+@section("build")
+def build_section(bench: Bench) -> None:
+    """Per-input costs inside a worker at the engine's batch size: masked-input building and reduction,
+    against the forward of the same batch (1 intra-op thread on CPU, as the engine's workers)."""
+    dev, model = bench.device, bench.model
+    b = int(bench.engine_opts.get("batch_size") or 8)
+    x = model.preprocess(bench.image).to(dev)
+    ctx = ItemContext("bench", x, model.black(dev))
+    size = ctx.size
+    buf = _batch(model, b, dev)
+    repeat = 3 if bench.quick else 10
+    default = torch.get_num_threads()
+    if dev.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        module = model.module.to(dev).eval().to(memory_format=model.memory_format)
+        with torch.inference_mode():
+            fwd = _time(lambda: module(buf), dev, repeat) / b
+        row("build", f"forward (batch {b})", b, fwd * b, note=f"{1e3 * fwd:.2f} ms per input")
+        rq = RiseQuery("bench", (0,), seed=0, chunk=0, n=500)
+        dida = BoxQuery("bench", (0,), boxes=tuple(map(tuple, grid_cells(size, 21).tolist())), fill="black")
+        occ = BoxQuery("bench", (0,), boxes=tuple(map(tuple, sliding_windows(size, (32, 32), (16, 16)).tolist())))
+        with torch.inference_mode():
+            for name, q in (("rise masks", rq), ("dida boxes (21x21 grid)", dida), ("occlusion windows 32/16", occ)):
+                t = _time(lambda q=q: q.build(ctx, 0, b, buf), dev, repeat) / b
+                row("build", f"build {name}", b, t * b, ratio=t / fwd, note=f"{1e3 * t:.3f} ms per input")
+            scores = [torch.rand(rq.n, 1000, device=dev)]
+            t = _time(lambda: rq.finish([s[:, :1] for s in scores], ctx), dev, 1 if bench.quick else 3) / rq.n
+            row("build", "rise reduce (finish), 500 masks", rq.n, t * rq.n, ratio=t / fwd,
+                note=f"{1e3 * t:.3f} ms per input")
+    finally:
+        torch.set_num_threads(default)
+
+
+# ---------------------------------------------------------------- the engine
+
+
+def engine_jobs(quick: bool) -> list[tuple[str, dict[str, Any]]]:
+    if quick:
+        return [("rise", {"n_masks": 256}), ("dida", {"grids": (5, 7), "weights": (0.5, 0.5)}),
+                ("occlusion", {"window": 64, "stride": 32})]
+    return [("rise", {}), ("dida", {}), ("occlusion", {"window": 32, "stride": 16})]  # defaults: 4000 masks
+
+
+@section("engine")
+def engine_section(bench: Bench) -> None:
+    with salient.Engine(bench.model, **bench.engine_opts) as eng:
+        eng.explain(bench.image, "occlusion", window=112, stride=112)  # warm-up: threads, buffers, item
+        stats = eng.executor.stats()
+        for method, params in engine_jobs(bench.quick):
+            rows0 = eng.executor.stats()["n_forward"]
+            t0 = time.perf_counter()
+            s = eng.explain(bench.image, method, seed=0, **params)
+            elapsed = time.perf_counter() - t0
+            rows = eng.executor.stats()["n_forward"] - rows0
+            rate = s.n_forward / elapsed
+            pad = 1 - s.n_forward / rows if rows else 0.0
+            row("engine", f"{method} {_short(params)}", s.n_forward, elapsed, rate,
+                rate / bench.raw if bench.raw else None,
+                note=f"padding {100 * pad:.1f}%, goal >= {RATIO_GOAL}")
+    row("engine", "layout", note=f"{stats.get('workers')} workers x {stats.get('threads')} threads, "
+                                 f"batch {stats.get('batch_size')}")
+
+
+def _short(params: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v if not isinstance(v, tuple) else ','.join(map(str, v))}" for k, v in params.items())
+
+
+# ---------------------------------------------------------------- Captum
+
+
+@section("captum")
+def captum_section(bench: Bench) -> None:
+    from captum.attr import Occlusion
+
+    window, stride = (64, 64) if bench.quick else (32, 32), (64, 64) if bench.quick else (16, 16)
+    model, dev = bench.model, bench.device
+    x = model.preprocess(bench.image).to(dev)[None]
+    module = model.module.to(dev).eval()
+    with torch.inference_mode():
+        target = int(module(x).argmax())
+    with salient.Engine(model, **bench.engine_opts) as eng:
+        eng.explain(bench.image, "occlusion", window=112, stride=112)  # warm-up
+        t0 = time.perf_counter()
+        ours = eng.explain(bench.image, "occlusion", target=target, window=window, stride=stride)
+        t_ours = time.perf_counter() - t0
+    occ = Occlusion(lambda t: module(t).softmax(-1))
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        ref = occ.attribute(x, sliding_window_shapes=(x.shape[1], *window), strides=(x.shape[1], *stride),
+                            baselines=0.0, target=target, perturbations_per_eval=1)
+    sync(dev)
+    t_captum = time.perf_counter() - t0
+    n = 1 + math.prod(math.ceil((s - w) / st) + 1 for s, w, st in zip(model.input_size, window, stride, strict=True))
+    diff = float(np.abs(ref[0, 0].cpu().numpy() - ours.map).max())
+    what = f"occlusion window {window[0]} stride {stride[0]}"
+    row("captum", f"captum {what}", n, t_captum, note="perturbations_per_eval=1")
+    row("captum", f"ours {what}", ours.n_forward, t_ours, ratio=t_captum / t_ours,
+        note=f"speed-up over Captum (goal >= {CAPTUM_GOAL}); max |diff| {diff:.1e}")
+
+
+# ---------------------------------------------------------------- Ray (issue 5)
+
+
+@section("ray")
+def ray_section(bench: Bench) -> None:
+    """Forward passes/s through RayExecutor (one actor per core on CPU, 1 intra-op thread each, the
+    engine's batch size) against the raw forward rate of the same layout on the same cores, measured
+    here with Ray started and idle (goal >= 0.9). Starts a local Ray unless one is running."""
+    import ray
+
+    from salient.engine.ray_executor import start_local_ray
+    from salient.engine.worker import CPU_BATCH_SIZE
+
+    dev, model = bench.device, bench.model
+    cpu = dev.type == "cpu"
+    workers = int(bench.engine_opts.get("workers") or (cpu_count() if cpu else 1))
+    b = int(bench.engine_opts.get("batch_size") or CPU_BATCH_SIZE)
+    started = not ray.is_initialized()
+    start_local_ray(num_cpus=max(workers, cpu_count()))
+    try:
+        t0 = time.perf_counter()
+        opts = {k: v for k, v in bench.engine_opts.items() if k not in ("workers", "batch_size")}
+        with salient.Engine(model, executor="ray", workers=workers, batch_size=b, **opts) as eng:
+            row("ray", "start actors", workers, time.perf_counter() - t0, note="model shipped once (ray.put)")
+            n, secs = raw_rate(model, b, dev, 1.0 if bench.quick else 4.0, streams=workers if cpu else 1,
+                               threads=1 if cpu else None)
+            raw = n / secs
+            row("ray", f"raw forward batch {b}, {workers} x 1 thread", n, secs, raw, note="same cores, Ray idle")
+            eng.explain(bench.image, "occlusion", window=112, stride=112)  # warm-up: buffers, the item
+            for method, params in engine_jobs(bench.quick):
+                t0 = time.perf_counter()
+                s = eng.explain(bench.image, method, seed=0, **params)
+                elapsed = time.perf_counter() - t0
+                rate = s.n_forward / elapsed
+                row("ray", f"{method} {_short(params)}", s.n_forward, elapsed, rate, rate / raw,
+                    note=f"{rate / workers:.1f}/s per worker, goal >= 0.9")
+            row("ray", "layout", note=f"{workers} Ray workers, batch {eng.executor.batch_size}, "
+                                      f"{eng.executor.threads} threads each")
+    finally:
+        if started:
+            ray.shutdown()
+
+
+# ---------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    ap.add_argument("--only", default="", help=f"comma-separated sections of {', '.join(SECTIONS)}")
+    ap.add_argument("--model", default="efficientnet-lite0")
+    ap.add_argument("--image", default="chelsea", help="a sample photo name or an image path")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--batch-size", type=int, default=None, help="the engine's batch size (default: its own)")
+    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    names = [s for s in args.only.split(",") if s] or list(SECTIONS)
+    unknown = [s for s in names if s not in SECTIONS]
+    if unknown:
+        ap.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    from salient.data import SAMPLE_NAMES, sample_images
+
+    image = sample_images([args.image])[0] if args.image in SAMPLE_NAMES else salient.load_image(args.image)
+    opts = {k: v for k, v in (("batch_size", args.batch_size), ("workers", args.workers),
+                              ("threads", args.threads), ("device", args.device)) if v is not None}
+    device = pick_device(args.device)
+    bench = Bench(salient.load_model(args.model), image, args.quick, device, opts)
+    print(f"# salient {salient.__version__}, torch {torch.__version__}, {device}, {cpu_count()} cores, "
+          f"torch threads {torch.get_num_threads()}, model {args.model}, image {image.name}"
+          f"{', QUICK (not results)' if args.quick else ''}")
+    print(HEADER)
+    for name in names:
+        SECTIONS[name](bench)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,388 @@
+"""The ``salient`` command.
+
+``salient explain IMAGE... --method M [--model SPEC] [--target T] [--set key=value]... [--out DIR]``
+explains each image, writes one PNG overlay per map (and a DiDA-View panel for topK, K > 1) under
+``OUT/overlays/``, the maps and result rows into the store (``OUT/saliency.zarr`` + ``OUT/results/``),
+and prints one line per map.
+
+Exit codes: 0 success; 2 bad input (a one-line ``salient: error: ...`` on stderr, no traceback);
+1 an unexpected error (one line too; ``SALIENT_TRACEBACK=1`` shows the traceback); 130 interrupted.
+Every input of ``explain`` (model spec, method, parameters, target, each image: readable, decodable,
+finite scores) is checked before OUT is created, so a bad input leaves nothing half-written. An item
+that fails later, mid-run, becomes an ``error`` row in the store and the exit code is 2 (1 if the
+failure was unexpected).
+
+Other subcommands (``run``, ``show``, ``demo``) come from ``salient.jobs.commands.add_subcommands``
+when that module exists; like ``explain`` they set ``func`` (``args -> exit code``) on their parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import re
+import sys
+import traceback
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from .engine import EXECUTORS, Engine, Task
+from .engine.tasks import explain_task, parse_target
+from .errors import SalientError
+from .images import Image, load_image
+from .methods import METHODS, Method, get_method
+from .metrics.curves import CURVE_KINDS
+from .models import Model, load_model
+from .report import save_overlay, save_panel
+from .saliency import Saliency
+
+DEFAULT_MODEL = "efficientnet-lite0"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line usage error (``prog: error: message``) and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def one_line(msg: Any) -> str:
+    return " ".join(str(msg).split()) or "(no message)"
+
+
+def about(path: str, e: Exception) -> str:
+    """The one-line message of ``e``, prefixed with ``path`` unless it already names it."""
+    msg = one_line(e)
+    return msg if path in msg else f"{path}: {msg}"
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    return v
+
+
+def _nonneg_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}")
+    return v
+
+
+# -- parser
+def build_parser() -> Parser:
+    parser = Parser(prog="salient", description="Saliency maps for image classifiers.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_explain(sub)
+    try:
+        commands = importlib.import_module(f"{__package__}.jobs.commands")
+    except ModuleNotFoundError as e:
+        if e.name != f"{__package__}.jobs.commands":
+            raise
+    else:
+        commands.add_subcommands(sub)
+    return parser
+
+
+def add_explain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("explain", help="explain images with one method; write PNGs and the store",
+                       description="Explain each IMAGE with METHOD; write PNG overlays, OUT/saliency.zarr and "
+                                   "OUT/results/, and print one line per map.")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, TIFF, WebP, BMP)")
+    p.add_argument("--method", required=True, choices=sorted(METHODS), help="the explainer")
+    p.add_argument("--model", default=DEFAULT_MODEL, metavar="SPEC",
+                   help="efficientnet-lite0 (default), torchvision:ARCH?weights=FILE, a TorchScript file, "
+                        "or package.module:callable; options follow '?' as key=value joined by '&'")
+    p.add_argument("--target", default="top1", help="top1 (default), topK (one map per class), a class id or a label")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a method parameter (repeatable); dotted keys such as prior.n_masks pass through")
+    p.add_argument("--prior", help="same as --set prior=NAME")
+    p.add_argument("--layer", help="same as --set layer=PATH")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--out", default="out", metavar="DIR", help="output folder (default ./out)")
+    p.add_argument("--metrics", action="store_true", help="also compute insertion and deletion AUC of every map")
+    p.add_argument("--executor", choices=EXECUTORS, default="local", help="local (default) or ray")
+    p.add_argument("--address", help="Ray cluster address (e.g. auto); default: start a local Ray")
+    p.add_argument("--workers", type=_positive_int, help="number of workers (Ray)")
+    p.add_argument("--gpus-per-worker", type=_nonneg_float, help="GPUs per worker (Ray)")
+    p.add_argument("--batch-size", type=_positive_int, help="forward batch size (default: autotuned)")
+    p.set_defaults(func=cmd_explain)
+
+
+def parse_sets(pairs: Sequence[str]) -> dict[str, str]:
+    """``["k=v", ...]`` -> {k: v}; keys kept verbatim (dotted keys included), later pairs win."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key.strip():
+            raise SalientError(f"--set expects KEY=VALUE, got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def method_params(args: argparse.Namespace) -> dict[str, str]:
+    params = parse_sets(args.set)
+    for key in ("prior", "layer"):
+        if getattr(args, key, None) is not None:
+            params[key] = getattr(args, key)
+    return params
+
+
+# -- validation before any output
+def check_paths(images: Sequence[str]) -> list[str]:
+    """Cheap checks (exists, a file, not empty, readable) before the model loads; duplicates dropped."""
+    seen: dict[str, None] = {}
+    for raw in images:
+        p = Path(raw)
+        if not p.exists():
+            raise SalientError(f"{raw}: no such file")
+        if not p.is_file():
+            raise SalientError(f"{raw}: not a regular file")
+        if not os.access(p, os.R_OK):
+            raise SalientError(f"{raw}: permission denied")
+        if p.stat().st_size == 0:
+            raise SalientError(f"{raw}: empty file (0 bytes)")
+        seen.setdefault(str(p), None)
+    return list(seen)
+
+
+def check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise SalientError(f"--out {out}: exists and is not a directory")
+    parent = next((q for q in [out, *out.parents] if q.exists()), Path("."))
+    if not os.access(parent, os.W_OK):
+        raise SalientError(f"--out {out}: {parent} is not writable")
+
+
+def _first_round(gen):
+    """Generator: pass a task's first queries to the engine, feed their answers back, let the task
+    advance to its next batch of queries (which are not run), then stop. For ``explain_task`` this
+    checks the unmasked scores (finite), resolves the targets and starts the method (its parameter
+    checks against the input size) at the cost of one forward pass."""
+    try:
+        answers = yield next(gen)
+        gen.send(answers)
+    except StopIteration:
+        pass
+    finally:
+        gen.close()
+
+
+def preflight(eng: Engine, paths: Sequence[str], method: Method, params: dict, target: Any, seed: int) -> None:
+    """Decode every image and run its first round (see :func:`_first_round`); raise the first problem."""
+    checked = method.check_params(params)
+    problems: list[str] = []
+
+    def tasks() -> Iterator[Task]:
+        for i, path in enumerate(paths):
+            try:
+                item = eng.item(path, index=i)
+            except SalientError as e:
+                problems.append(str(e))
+                continue
+            yield Task(path, item, _first_round(explain_task(item, eng.model, method.name, target, seed, checked)))
+
+    for task, out in eng.run(tasks()):
+        if isinstance(out, SalientError):
+            problems.append(about(task.key, out))
+        elif isinstance(out, Exception):
+            raise out
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise SalientError(problems[0] + more)
+
+
+# -- output
+def _slug(s: str, n: int = 40) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", s).strip("-")[:n] or "x"
+
+
+def png_stems(paths: Sequence[str]) -> dict[str, str]:
+    """A file-name stem per path: the image's stem, suffixed -2, -3 ... where stems collide."""
+    out: dict[str, str] = {}
+    used: dict[str, int] = {}
+    for p in paths:
+        stem = _slug(Path(p).stem, 80)
+        used[stem] = used.get(stem, 0) + 1
+        out[p] = stem if used[stem] == 1 else f"{stem}-{used[stem]}"
+    return out
+
+
+def map_line(source: str, s: Saliency, metrics: bool) -> str:
+    parts = [source, s.method, f"{s.label} ({s.target})", f"score={s.base_score:.4g}"]
+    if metrics:
+        parts += [f"{k}={s.metrics.get(k, float('nan')):.4f}" for k in ("insertion_auc", "deletion_auc")]
+    parts += [f"n_forward={s.n_forward}", f"{s.seconds:.2f}s"]
+    return "  ".join(parts)
+
+
+def write_pngs(folder: Path, stem: str, image: Image, results: list[Saliency]) -> None:
+    for s in results:
+        save_overlay(folder / f"{stem}_{s.method}_{s.target}-{_slug(s.label)}.png", image, s)
+    if len(results) > 1:
+        save_panel(folder / f"{stem}_{results[0].method}_panel.png", image, results)
+
+
+def run_summary(before: Any, after: Any) -> Any:
+    """The engine's summary of what happened between two ``Engine.summary()`` snapshots."""
+    return replace(after, items=after.items - before.items, failed=after.failed - before.failed,
+                   n_forward=after.n_forward - before.n_forward, seconds=after.seconds - before.seconds)
+
+
+class _Progress:
+    """A tqdm bar over items on stderr, only when stderr is a terminal; result lines go around it."""
+
+    def __init__(self, total: int):
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="item", file=sys.stderr, dynamic_ncols=True, leave=False)
+        self.forward = 0
+
+    def on_forward(self, n: int) -> None:
+        self.forward += n
+        if self.bar is not None:
+            self.bar.set_postfix(forward=self.forward, refresh=False)
+
+    def item_done(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def write(self, line: str, err: bool = False) -> None:
+        f = sys.stderr if err else sys.stdout
+        if self.bar is not None:
+            self.bar.write(line, file=f)
+        else:
+            print(line, file=f, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# -- explain
+@dataclass
+class ExplainPlan:
+    """Everything ``explain`` needs, validated before any output exists."""
+
+    method: Method
+    params: dict[str, Any]
+    paths: list[str]
+    out: Path
+    model: Model
+    target: Any
+    metrics: tuple[str, ...]
+    executor_opts: dict[str, Any]
+
+
+def plan_explain(args: argparse.Namespace) -> ExplainPlan:
+    """The cheap checks first (method, parameters, files, OUT), then the model and the target."""
+    method = get_method(args.method)
+    params = method_params(args)
+    method.check_params(params)
+    paths = check_paths(args.images)
+    out = Path(args.out)
+    check_out(out)
+    model = load_model(args.model)
+    target = parse_target(args.target, model)
+    opts = {k: getattr(args, k) for k in ("address", "workers", "gpus_per_worker", "batch_size")
+            if getattr(args, k) is not None}
+    return ExplainPlan(method, params, paths, out, model, target, tuple(CURVE_KINDS) if args.metrics else (), opts)
+
+
+def write_explanations(eng: Engine, plan: ExplainPlan, args: argparse.Namespace,
+                       progress: _Progress) -> int:
+    """Explain every path into the store and PNGs, printing a line per map; returns the exit status
+    (0, or 2 / 1 when an item failed mid-run on its data / unexpectedly)."""
+    from .jobs.store import Store  # zarr is imported only when something is written
+
+    m = plan.method.name
+    spec = {"command": "explain", "images": plan.paths, "method": m, "params": plan.params, "target": args.target,
+            "seed": args.seed, "model": args.model, "metrics": list(plan.metrics)}
+    stems = png_stems(plan.paths)
+    images: dict[str, Image] = {}  # the originals of the items in flight, for their overlays
+
+    def entries():
+        for i, path in enumerate(plan.paths):
+            try:
+                item = eng.item(path, index=i)
+            except Exception:  # noqa: BLE001 - explain_many reports it for this item
+                yield path, path
+                continue
+            images[path] = item.image
+            yield path, item
+
+    status = 0
+    with Store(plan.out, plan.model.name, spec) as store:
+        for path, res in eng.explain_many(entries(), m, args.target, args.seed, metrics=plan.metrics,
+                                          on_progress=progress.on_forward, **plan.params):
+            image = images.pop(path, None)
+            progress.item_done()
+            if isinstance(res, Exception):  # a failure only the run could show (bad data mid-run)
+                status = (status or 2) if isinstance(res, SalientError) else 1
+                store.add_error(path, path, m, one_line(res))
+                progress.write(f"salient: error: {about(path, res)}", err=True)
+                continue
+            store.add(res[0].item_id if res else path, path, res)
+            write_pngs(plan.out / "overlays", stems[path], image or load_image(path), res)
+            for s in res:
+                progress.write(map_line(path, s, bool(plan.metrics)))
+    return status
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    plan = plan_explain(args)
+    with Engine(plan.model, executor=args.executor, **plan.executor_opts) as eng:
+        preflight(eng, plan.paths, plan.method, plan.params, plan.target, args.seed)
+        before = eng.summary()
+        progress = _Progress(len(plan.paths))
+        try:
+            status = write_explanations(eng, plan, args, progress)
+        finally:
+            progress.close()
+        print(f"salient: {run_summary(before, eng.summary())} -> {plan.out}", file=sys.stderr)
+    return status
+
+
+# -- entry point
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (the console script exits with it)."""
+    try:
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:  # --help, or a usage error already printed on one line
+            return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+        func = getattr(args, "func", None)
+        if func is None:
+            parser.print_help(sys.stderr)
+            return 2
+        return int(func(args) or 0)
+    except SalientError as e:
+        print(f"salient: error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("salient: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - one line, not a traceback
+        if os.environ.get("SALIENT_TRACEBACK"):
+            traceback.print_exc()
+        print(f"salient: internal error: {type(e).__name__}: {one_line(e)} (SALIENT_TRACEBACK=1 shows where)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

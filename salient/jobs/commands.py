@@ -1,0 +1,104 @@
+"""The job subcommands of ``salient``: ``run JOB.yaml``, ``show OUT``, ``demo``.
+
+``salient.cli`` calls :func:`add_subcommands` with its subparsers; each subcommand sets ``func``
+(``args -> exit code``). Bad input raises SalientError (the CLI prints one line, exit code 2);
+``run --strict`` returns 1 when any item failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import SalientError
+
+
+def add_subcommands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run a job spec (YAML) into a store; rerun the same command to resume",
+                       description="Explain every item of a job's source with its methods into OUT (Zarr maps + "
+                                   "Parquet table). Rerunning the same command after a crash resumes it.")
+    p.add_argument("job", metavar="JOB.yaml", help="the job spec")
+    p.add_argument("--restart", action="store_true", help="discard OUT's results and start over (also needed "
+                                                          "when the spec changed)")
+    p.add_argument("--strict", action="store_true", help="exit with code 1 if any item failed")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("show", help="summarise a store: per method, items ok/error and mean AUCs",
+                       description="Per method: items ok and in error, mean insertion and deletion AUC.")
+    p.add_argument("out", metavar="OUT", help="a folder written by salient run, demo or explain")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("demo", help="explain the sample photos with the real model (RISE, DiDA, Grad-CAM++, BOREx)",
+                       description="The sample photos, the embedded EfficientNet-Lite0, four methods, their "
+                                   "insertion/deletion AUCs, the store, PNG overlays and DiDA-View panels, and a "
+                                   "summary table. A few minutes on a laptop CPU.")
+    p.add_argument("--out", default="demo", metavar="DIR", help="output folder (default ./demo)")
+    p.add_argument("--restart", action="store_true", help="discard an earlier demo in DIR")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .runner import run_job
+
+    summary = run_job(args.job, restart=args.restart, progress=False if args.quiet else None,
+                      echo=lambda s: print(s, file=sys.stderr))
+    for line in summary.lines():
+        print(line)
+    return 1 if args.strict and summary.n_errors else 0
+
+
+def show_table(out: str | Path) -> list[str]:
+    """Lines describing a store: its model and state, then per method items ok/error and mean AUCs."""
+    import zarr
+
+    from .runner import item_status
+    from .store import ZARR_NAME, read_results
+
+    out = Path(out)
+    if not (out / ZARR_NAME / "zarr.json").is_file() and not any((out / "results").glob("part-*.parquet")):
+        raise SalientError(f"{out}: not a salient store (no {ZARR_NAME} or results/)")
+    attrs = dict(zarr.open_group(out / ZARR_NAME, mode="r").attrs) if (out / ZARR_NAME).is_dir() else {}
+    df = read_results(out)
+    state = {True: "complete", False: "incomplete (rerun the same command to resume)"}.get(attrs.get("complete"), "")
+    head = f"{out}: model {attrs.get('model', '?')}, {df['position'].nunique() if len(df) else 0} items"
+    lines = [head + (f", {state}" if state else "")]
+    cols = ("method", "items", "ok", "error", "maps", "insertion_auc", "deletion_auc", "forward/item")
+    rows = []
+    status = item_status(df)
+    for m, g in df.groupby("method", sort=True):
+        per_item = status.loc[m]
+        ok = g[g["status"] == "ok"]
+        nf = g.drop_duplicates("position")["n_forward"]
+        rows.append((str(m), len(per_item), int(per_item.sum()), int((~per_item).sum()), len(ok),
+                     _mean(ok["insertion_auc"]), _mean(ok["deletion_auc"]), f"{nf.mean():.0f}" if len(nf) else "-"))
+    if not rows:
+        return [*lines, "  (no results yet)"]
+    widths = [max(len(str(r[i])) for r in (cols, *rows)) for i in range(len(cols))]
+    fmt = "  ".join(f"{{:{'<' if i == 0 else '>'}{w}}}" for i, w in enumerate(widths))
+    lines += ["  " + fmt.format(*cols), *("  " + fmt.format(*map(str, r)) for r in rows)]
+    errors = df[df["status"] == "error"]
+    for _, r in errors.head(5).iterrows():
+        lines.append(f"  error: {r['item_id']} [{r['method']}]: {r['error']}")
+    if len(errors) > 5:
+        lines.append(f"  ... {len(errors) - 5} more error rows")
+    return lines
+
+
+def _mean(s) -> str:
+    s = s.dropna()
+    return f"{s.mean():.4f}" if len(s) else "-"
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    for line in show_table(args.out):
+        print(line)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, restart=args.restart)
+    return 0

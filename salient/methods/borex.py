@@ -1,0 +1,414 @@
+"""BOREx (Kikuchi, Uchida, Waga, Suenaga; ACCV 2022): refine any saliency map with Bayesian
+optimisation; and GP saliency without a prior (Mokuwe et al. 2020), method ``gp``.
+
+The algorithm of the authors' code (SoftwareFoundationGroupAtKyotoU/BOREx), with their defaults,
+stated for a 224 x 224 input (ALGORITHMS.md):
+- Prior P (any map: a registered method run first, RISE with 100 masks, 8 cells, p = 0.3 by default,
+  as theirs; or a user map), normalised P <- P·0.1 / mean|P|. An all-zero prior stays 0 (``gp``).
+- States (r, c, m): r, c pixel positions, m a half-side in {30, 45, 60, 75}. A state costs two
+  forward passes: I_keep keeps the square [r−m, r+m) x [c−m, c+m) (clipped) and fills the rest,
+  I_del fills the square (fill 0 by default). Δ = f_c(I_keep) − f_c(I_del), score = tanh(5·Δ)
+  (the authors' 2·(sigmoid(10Δ) − 0.5); ``gain=0`` gives Δ itself).
+- A GP (:mod:`.gp_model`: Matern 3/2 ARD, ℓ initialised (12, 12, 10), bounded to [1, 20], no
+  output scale, noise 0.01) on the residuals y = score − P[r, c], refitted by maximum marginal
+  likelihood after every observation. Next state: argmax over every (r, c, m) of
+  P + μ + 10·σ; the GP records it with Gaussian jitter (std 1, 1, 0.5), the image is masked at the
+  state itself. First state: the argmax of P with m = 30 (``gp``, or a constant prior: the centre).
+- Final map: for each m, the mean of P + μ(·, ·, m) over the (2m+1)² window around each pixel
+  (clipped at the border, AvgPool2d with count_include_pad=False), averaged over the sizes. Signed.
+
+Other input sizes: positions and half-sides scale with s = min(H, W) / 224 (half-side
+round(m·s) pixels); the GP works in 224-pixel units (r/s, c/s, m), so length scales, bounds and
+jitter keep their meaning.
+
+Where we differ from the authors (each choice is a parameter):
+- the length scales are warm-started from the previous fit (``warm_start=True``); scikit-learn,
+  which they use, restarts every fit from (12, 12, 10) (``warm_start=False``). Our optimiser is a
+  projected BFGS in log ℓ with scikit-learn's tolerances, not L-BFGS-B itself (gp_model).
+- the jitter comes from a generator seeded by (request seed, target index), not numpy's global one.
+- the argmax is exact but evaluates only tiles of states whose upper bound can win (gp_model);
+  ties go to the first state in the authors' order (column, row, size), as their np.argmax.
+Options of ours, off by default: ``q`` states per iteration (q > 1: states 2..q chosen by the
+kriging believer, conditioning σ on the pending states so they do not pile up; 2·q forward passes
+per iteration), ``stride`` (candidate rows and columns every ``stride`` pixels), ``refit_every`` k
+iterations (and always at the last), ``fill`` ("zero", "blur", "black", "mean", a number).
+
+Design: a method is a generator per request, so the engine batches the keep/delete queries of many
+items into full forward batches, but each request fits its own GP. ``borex_batch(reqs, ...)`` is a
+generator over several requests that fits all their GPs as one batched gpytorch GP
+(``batch_shape=(B,)``) per iteration; every member (request, target) keeps its own seed, data and
+optimiser state, so it returns the same maps as one-at-a-time runs (a test checks it). Nothing is
+shared between calls: no module state. The scheduler's tasks hold one item each, so
+:func:`run_batch` drives it with an executor's synchronous ``evaluate`` (items held; see
+benchmarks/borex_quality.py). The GP arithmetic runs on
+one CPU thread (``torch.set_num_threads(1)`` between two yields, restored before yielding): its
+tensors are small and several threads only contend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ItemError, SalientError
+from ..kernels import check_fill
+from ..kernels.boxes import box_mean, squares
+from ..saliency import Saliency
+from .base import Request, get_method, register
+from .cam import Maps
+from .gp_model import F64, Posterior, StateGrid, fit_lengthscales, mean_grid, ucb_argmax
+from .queries import BoxQuery
+
+REF_SIDE = 224
+RISE_PRIOR = {"n_masks": 100, "cells": 8, "p": 0.3}  # the authors' prior (SaliencyMap.generate)
+SIZES = (30.0, 45.0, 60.0, 75.0)
+
+
+@dataclass(frozen=True)
+class Options:
+    """The parameters shared by ``borex`` and ``gp`` (see their docstrings)."""
+
+    iterations: int
+    sizes: tuple
+    kappa: float
+    gain: float
+    jitter: tuple
+    lengthscale: tuple
+    bounds: tuple
+    noise: float
+    magnification: float
+    q: int
+    stride: int
+    refit_every: int
+    warm_start: bool
+    fill: Any
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, what: str) -> None:
+            if not ok:
+                raise SalientError(f"borex: {what}")
+
+        need(int(self.iterations) >= 1, f"iterations must be >= 1, got {self.iterations}")
+        need(int(self.q) >= 1 and int(self.stride) >= 1 and int(self.refit_every) >= 1,
+             f"q, stride and refit_every must be >= 1, got {self.q}, {self.stride}, {self.refit_every}")
+        need(len(self.sizes) >= 1 and min(self.sizes) > 0, f"sizes must be positive half-sides, got {self.sizes}")
+        need(len(self.jitter) == 3 and min(self.jitter) >= 0, f"jitter must be 3 values >= 0, got {self.jitter}")
+        need(len(self.bounds) == 2 and 0 < self.bounds[0] <= self.bounds[1], f"bad bounds {self.bounds}")
+        need(len(self.lengthscale) == 3 and all(self.bounds[0] <= v <= self.bounds[1] for v in self.lengthscale),
+             f"lengthscale must be 3 values within bounds {self.bounds}, got {self.lengthscale}")
+        need(self.noise > 0 and self.magnification > 0 and self.kappa >= 0 and self.gain >= 0,
+             "noise and magnification must be > 0, kappa and gain >= 0")
+        try:
+            object.__setattr__(self, "fill", check_fill(self.fill))
+        except ValueError as e:
+            raise SalientError(f"borex: {e}") from None
+
+
+@register("borex", signed=True, nested={"prior": {"rise": RISE_PRIOR}})
+def borex(
+    req: Request, prior: Any = "rise", iterations: int = 50, sizes: tuple = SIZES, kappa: float = 10.0,
+    gain: float = 5.0, jitter: tuple = (1.0, 1.0, 0.5), lengthscale: tuple = (12.0, 12.0, 10.0),
+    bounds: tuple = (1.0, 20.0), noise: float = 0.01, magnification: float = 0.1, q: int = 1, stride: int = 1,
+    refit_every: int = 1, warm_start: bool = True, fill: str = "zero", **prior_params: Any,
+):
+    """BOREx: refine a prior map by Bayesian optimisation of keep/delete box scores (2 passes per state).
+
+    ``prior``: a registered method's name (its parameters as ``prior.<name>``; RISE defaults to the
+    authors' 100 masks, 8 cells, p = 0.3), or a map (H, W) / (T, H, W) (numpy, torch, Saliency).
+    Costs the prior's passes plus 2·q·iterations. See the module docstring for the algorithm."""
+    opts = Options(iterations, tuple(sizes), kappa, gain, tuple(jitter), tuple(lengthscale), tuple(bounds), noise,
+                   magnification, q, stride, refit_every, warm_start, fill)
+    (maps,) = yield from _refine([req], [prior], _prior_params(prior, prior_params), opts)
+    return maps
+
+
+@register("gp", signed=True)
+def gp(
+    req: Request, iterations: int = 50, sizes: tuple = SIZES, kappa: float = 10.0, gain: float = 5.0,
+    jitter: tuple = (1.0, 1.0, 0.5), lengthscale: tuple = (12.0, 12.0, 10.0), bounds: tuple = (1.0, 20.0),
+    noise: float = 0.01, q: int = 1, stride: int = 1, refit_every: int = 1, warm_start: bool = True,
+    fill: str = "zero",
+):
+    """GP saliency (Mokuwe et al. 2020): BOREx with a zero prior, starting at the centre."""
+    opts = Options(iterations, tuple(sizes), kappa, gain, tuple(jitter), tuple(lengthscale), tuple(bounds), noise,
+                   1.0, q, stride, refit_every, warm_start, fill)
+    (maps,) = yield from _refine([req], [None], {}, opts)
+    return maps
+
+
+def borex_batch(reqs: Sequence[Request], method: str = "borex", **params: Any) -> Generator[list, list, list]:
+    """Generator: ``method`` ("borex" or "gp") for several requests with one batched GP per iteration.
+
+    Parameters as the method's; for borex, ``prior`` may also be a sequence of maps, one per
+    request. Returns one (T, H, W) map array per request, equal to one-at-a-time runs."""
+    if method not in ("borex", "gp"):
+        raise SalientError(f"borex_batch runs borex or gp, not {method!r}")
+    prior = params.pop("prior", "rise") if method == "borex" else None
+    per_request = not isinstance(prior, str) and prior is not None and _is_sequence_of_maps(prior, len(reqs))
+    checked = get_method(method).check_params({**params, **({"prior": prior} if method == "borex" else {})})
+    nested = {k: v for k, v in checked.items() if k.startswith("prior.")}
+    names = list(Options.__dataclass_fields__)
+    opts = Options(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in checked.items() if k in names},
+                   **({"magnification": 1.0} if method == "gp" else {}))
+    priors = list(prior) if per_request else [prior] * len(reqs)
+    return (yield from _refine(list(reqs), priors, _prior_params(prior, nested) if method == "borex" else {}, opts))
+
+
+def run_batch(evaluate: Callable[[list], list], reqs: Sequence[Request], method: str = "borex",
+              **params: Any) -> list[np.ndarray]:
+    """:func:`borex_batch` driven by a synchronous ``evaluate(queries) -> results``, e.g. a local
+    executor's ``evaluate`` with the requests' items held."""
+    return drive(borex_batch(reqs, method, **params), evaluate)
+
+
+def drive(gen: Generator, evaluate: Callable[[list], list]) -> Any:
+    """Run a query generator to its return value with ``evaluate``; a failed query raises its ItemError."""
+    value = None
+    while True:
+        try:
+            queries = gen.send(value)
+        except StopIteration as stop:
+            return stop.value
+        value = evaluate(list(queries)) if queries else []
+        failed = next((r for r in value if hasattr(r, "reason") and hasattr(r, "item")), None)
+        if failed is not None:
+            gen.close()
+            raise ItemError(failed.reason)
+
+
+def _is_sequence_of_maps(prior: Any, n: int) -> bool:
+    if isinstance(prior, (list, tuple)) and len(prior) == n and not np.isscalar(prior[0]):
+        return all(not isinstance(p, str) for p in prior)
+    return False
+
+
+def _prior_params(prior: Any, given: dict[str, Any]) -> dict[str, Any]:
+    """The checked parameters of the prior method (keys without the ``prior.`` prefix)."""
+    bad = [k for k in given if not k.startswith("prior.")]
+    if bad:
+        raise SalientError(f"borex: unknown parameter(s) {', '.join(sorted(bad))}")
+    name = prior if isinstance(prior, str) else None
+    checked = get_method("borex").check_nested("prior", name, {k[6:]: v for k, v in given.items()})
+    return {k[6:]: v for k, v in checked.items()}
+
+
+@contextmanager
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def _lockstep(gens: list[Generator]) -> Generator[list, list, list]:
+    """Run query generators side by side: each round yields all their queries at once; returns their values."""
+    out: list[Any] = [None] * len(gens)
+    send: dict[int, Any] = {i: None for i in range(len(gens))}
+    while send:
+        asked: dict[int, list] = {}
+        for i, value in send.items():
+            try:
+                asked[i] = list(gens[i].send(value))
+            except StopIteration as stop:
+                out[i] = stop.value
+        if not asked:
+            break
+        answers = yield [q for qs in asked.values() for q in qs]
+        send, pos = {}, 0
+        for i, qs in asked.items():
+            send[i], pos = answers[pos : pos + len(qs)], pos + len(qs)
+    return out
+
+
+def prior_maps(req: Request, value: Any) -> np.ndarray:
+    """A user prior as float64 (T, H, W) for the request's targets; one-line errors for bad input."""
+    if isinstance(value, Saliency):
+        value = value.map
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise SalientError(f"borex: prior must be a method name or a map, got {type(value).__name__}") from None
+    t = len(req.targets)
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.shape == tuple(req.size):
+        arr = np.broadcast_to(arr, (t, *req.size))
+    if arr.shape != (t, *req.size):
+        raise SalientError(f"borex: prior of shape {arr.shape} does not match the input {tuple(req.size)} "
+                           f"({t} target(s))")
+    if not np.isfinite(arr).all():
+        raise SalientError("borex: the prior has NaN or infinite values")
+    return arr
+
+
+def normalise_prior(p: np.ndarray, magnification: float = 0.1) -> np.ndarray:
+    """P · magnification / mean|P| (the authors'); an all-zero prior stays zero."""
+    scale = np.abs(p).mean()
+    return p * (magnification / scale) if scale > 0 else np.zeros_like(p)
+
+
+def first_state(p: np.ndarray) -> tuple[int, int]:
+    """The first (row, col): the prior's first maximum in row-major order; the centre if P is constant."""
+    if p.max() == p.min():
+        return p.shape[0] // 2, p.shape[1] // 2
+    r, c = np.unravel_index(int(np.argmax(p)), p.shape)
+    return int(r), int(c)
+
+
+@dataclass
+class Geometry:
+    """Pixel half-sides and the candidate grid for one input size."""
+
+    scale: float
+    half: tuple[int, ...]
+    grid: StateGrid
+
+    @classmethod
+    def of(cls, size: tuple[int, int], opts: Options) -> Geometry:
+        h, w = size
+        scale = min(h, w) / REF_SIDE
+        half = tuple(max(1, round(m * scale)) for m in opts.sizes)
+        rows, cols = np.arange(0, h, opts.stride), np.arange(0, w, opts.stride)
+        grid = StateGrid(torch.tensor(rows / scale, dtype=F64), torch.tensor(cols / scale, dtype=F64),
+                         torch.tensor(opts.sizes, dtype=F64), rows, cols)
+        return cls(scale, half, grid)
+
+    def coords(self, r: int, c: int, k: int) -> np.ndarray:
+        """GP coordinates of a state."""
+        return np.array([r / self.scale, c / self.scale, float(self.grid.sizes[k])])
+
+
+@dataclass
+class Member:
+    """One (request, target) run: its prior, observations, random stream and current GP."""
+
+    req: int
+    t: int
+    prior: np.ndarray  # (H, W) normalised
+    geo: Geometry
+    rng: np.random.Generator
+    cand_prior: torch.Tensor = None
+    pyramid: dict = None
+    x: list = None
+    y: list = None
+    post: Posterior | None = None
+
+    def __post_init__(self) -> None:
+        p = torch.from_numpy(np.ascontiguousarray(self.prior))
+        self.cand_prior = p[self.geo.grid.row_px][:, self.geo.grid.col_px]
+        self.pyramid = self.geo.grid.prior_pyramid(self.cand_prior)
+        self.x, self.y = [], []
+
+
+def _refine(reqs: list[Request], priors: list[Any], prior_params: dict[str, Any], opts: Options,
+            trace: list | None = None):
+    """Generator: the shared BOREx / GP loop over all (request, target) members; returns Maps per request.
+    ``trace`` (tests) receives (iteration, member, (row, col, size index), recorded GP coordinates)."""
+    names = {i: p for i, p in enumerate(priors) if isinstance(p, str)}
+    gens = {i: get_method(p).fn(reqs[i], **prior_params) for i, p in names.items()}
+    computed = dict(zip(gens, (yield from _lockstep(list(gens.values()))), strict=True))
+    geos: dict[tuple[int, int], Geometry] = {}
+    members: list[Member] = []
+    for i, req in enumerate(reqs):
+        raw = (np.zeros((len(req.targets), *req.size)) if priors[i] is None
+               else prior_maps(req, computed[i] if i in computed else priors[i]))
+        geo = geos.setdefault(tuple(req.size), Geometry.of(req.size, opts))
+        for t in range(len(req.targets)):
+            p = normalise_prior(raw[t], opts.magnification)
+            members.append(Member(i, t, p, geo, np.random.default_rng([abs(int(req.seed)), t])))
+    ls0 = torch.tensor([opts.lengthscale] * len(members), dtype=F64)
+    ls = ls0.clone()
+    with _one_thread():
+        plan = [_start(m, opts) for m in members]
+    for it in range(1, opts.iterations + 1):
+        queries = []
+        for m, (states, _) in zip(members, plan, strict=True):
+            boxes = tuple(map(tuple, squares(reqs[m.req].size, np.array([s[:2] for s in states]),
+                                             np.array([m.geo.half[s[2]] for s in states])).tolist()))
+            target = (reqs[m.req].targets[m.t],)
+            queries += [BoxQuery(reqs[m.req].item, target, boxes=boxes, mode=mode, fill=opts.fill)
+                        for mode in ("keep", "delete")]
+        results = yield queries
+        with _one_thread():
+            for j, (m, (states, recorded)) in enumerate(zip(members, plan, strict=True)):
+                delta = results[2 * j][:, 0].astype(np.float64) - results[2 * j + 1][:, 0].astype(np.float64)
+                score = np.tanh(opts.gain * delta) if opts.gain > 0 else delta
+                m.x += recorded
+                if trace is not None:
+                    trace += [(it, j, st, rec) for st, rec in zip(states, recorded, strict=True)]
+                m.y += [s - m.prior[r, c] for s, (r, c, _) in zip(score, states, strict=True)]
+            x = torch.tensor(np.array([m.x for m in members]), dtype=F64)
+            y = torch.tensor(np.array([m.y for m in members]), dtype=F64)
+            if it % opts.refit_every == 0 or it == opts.iterations:
+                ls, _ = fit_lengthscales(x, y, opts.noise, ls if opts.warm_start else ls0, opts.bounds)
+            for b, m in enumerate(members):
+                m.post = Posterior.fit(x[b], y[b], ls[b], opts.noise)
+            if it < opts.iterations:
+                plan = [_choose(m, m.post, opts) for m in members]
+    with _one_thread():
+        out = [np.zeros((len(r.targets), *r.size)) for r in reqs]
+        for m in members:
+            out[m.req][m.t] = final_map(m.post, m.prior, m.geo)
+    return [Maps(o, _record(priors[i], prior_params, [m for m in members if m.req == i]))
+            for i, o in enumerate(out)]
+
+
+def _start(m: Member, opts: Options) -> tuple[list, list]:
+    """The first iteration's states: the prior's argmax (or the centre) with the smallest size, unjittered,
+    then (q > 1) states chosen by the believer on a GP without observations."""
+    r, c = first_state(m.prior)
+    first = (r, c, 0)
+    rec = m.geo.coords(*first)
+    if opts.q == 1:
+        return [first], [rec]
+    post = Posterior.fit(torch.tensor(rec[None]), torch.zeros(1, dtype=F64), torch.tensor(opts.lengthscale), opts.noise)
+    states, recorded = _choose(m, post, opts, q=opts.q - 1)
+    return [first, *states], [rec, *recorded]
+
+
+def _choose(m: Member, post: Posterior, opts: Options, q: int | None = None) -> tuple[list, list]:
+    """q states by UCB: each recorded with jitter, later ones with σ conditioned on the earlier (believer)."""
+    states, recorded = [], []
+    q = opts.q if q is None else q
+    for j in range(q):
+        (ri, ci, k), _, _ = ucb_argmax(post, m.geo.grid, m.cand_prior, m.pyramid, opts.kappa)
+        state = (int(m.geo.grid.row_px[ri]), int(m.geo.grid.col_px[ci]), k)
+        rec = m.geo.coords(*state) + m.rng.standard_normal(3) * np.asarray(opts.jitter)
+        states.append(state)
+        recorded.append(rec)
+        if j + 1 < q:
+            post = post.believe(torch.tensor(rec))
+    return states, recorded
+
+
+def final_map(post: Posterior, prior: np.ndarray, geo: Geometry) -> np.ndarray:
+    """Mean over sizes of the box average (half-side m pixels) of P + μ(·, ·, m)."""
+    h, w = prior.shape
+    rows = torch.arange(h, dtype=F64) / geo.scale
+    cols = torch.arange(w, dtype=F64) / geo.scale
+    total = np.zeros((h, w))
+    for k, half in enumerate(geo.half):
+        mu = mean_grid(post, rows, cols, float(geo.grid.sizes[k])).numpy() + prior
+        total += box_mean(mu, half)
+    return total / len(geo.half)
+
+
+def _record(prior: Any, prior_params: dict[str, Any], members: list[Member]) -> dict[str, Any]:
+    """What the result records besides the call's parameters: the prior and the fitted length scales."""
+    if isinstance(prior, str):
+        rec: dict[str, Any] = {"prior": prior, **{f"prior.{k}": v for k, v in prior_params.items()}}
+    elif prior is None:
+        rec = {"prior": "zero"}
+    else:
+        rec = {"prior": f"map {tuple(np.shape(getattr(prior, 'map', prior)))}"}
+    rec["fitted_lengthscale"] = [[round(float(v), 6) for v in m.post.ls] for m in members]
+    return rec

@@ -1,0 +1,369 @@
+"""Exact Gaussian-process machinery of BOREx: fitting, closed-form posteriors, and an exact UCB argmax.
+
+Model of one member (one item and target): y = f(x) + ε with f ~ GP(0, k), ε ~ N(0, noise) fixed,
+k(x, x') = (1 + √3·d)·exp(−√3·d), d = ‖(x − x') / ℓ‖ (Matern ν = 3/2 with ARD length scales ℓ and
+no output scale), as the BOREx authors' scikit-learn ``Matern(nu=1.5)`` with ``alpha=noise``.
+
+- Fitting (:func:`fit_lengthscales`): ℓ maximises log p(y | X, ℓ), computed by a gpytorch ExactGP
+  (``batch_shape=(B,)``, FixedNoiseGaussianLikelihood, exact Cholesky: gpytorch's Cholesky size limit
+  is raised above n). The optimiser is a projected BFGS in log ℓ within the bounds (scikit-learn's
+  L-BFGS-B works in the same space with the same bounds and tolerances: projected gradient 1e-5,
+  relative decrease 2.2e-9). Members of a batch share the forward/backward passes but never the
+  optimiser state: every per-member quantity (direction, line search, convergence) is elementwise,
+  so a member's length scales do not depend on the other members of its batch.
+- Posterior (:class:`Posterior`): L = chol(K + noise·I), α = (K + noise·I)⁻¹ y; at any point
+  μ(x) = k(x)ᵀα and σ²(x) = 1 − ‖L⁻¹k(x)‖², the latent variance (noise excluded, as scikit-learn's
+  ``predict``). :meth:`Posterior.believe` conditions σ on pending points (kriging believer: the
+  mean does not move).
+- UCB argmax over a grid of states (:func:`ucb_argmax`): a(x) = P(x) + μ(x) + κ·σ(x) over every
+  (row, column, size). The grid is cut into tiles of ``tile`` x ``tile`` positions per size; for
+  each tile an upper bound of a follows from the per-observation distance range to the tile
+  (μ ≤ Σ_j max(α_j·k_max,j, α_j·k_min,j); σ² ≤ 1 − k_min,j² / (1 + noise) for every j, the
+  variance given observation j alone, never below the variance given all; P ≤ the tile's max).
+  Tiles are evaluated exactly in decreasing order of their bound until no remaining bound reaches
+  the best value found, so the result is the exact argmax over all states (ties: the first state
+  in the authors' candidate order, column, then row, then size) at a fraction of the cost.
+Everything is float64.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+import torch
+
+SQRT3 = math.sqrt(3.0)
+F64 = torch.float64
+
+
+def matern32(d: torch.Tensor) -> torch.Tensor:
+    """k = (1 + √3·d)·exp(−√3·d) for scaled distances d >= 0."""
+    s = SQRT3 * d
+    return (1.0 + s) * torch.exp(-s)
+
+
+@cache
+def _gpytorch():
+    """gpytorch, imported on first use (its import warns about torch.jit.script on this torch)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+        import gpytorch
+    return gpytorch
+
+
+@cache
+def _exact_gp_class() -> type:
+    gpytorch = _gpytorch()
+
+    class ExactGP(gpytorch.models.ExactGP):
+        """Zero mean, Matern 3/2 ARD kernel with ℓ = exp(raw) (bounds are the optimiser's), no output scale."""
+
+        def __init__(self, x: torch.Tensor, y: torch.Tensor, noise: float):
+            batch = torch.Size([x.shape[0]])
+            lik = gpytorch.likelihoods.FixedNoiseGaussianLikelihood(
+                noise=torch.full(y.shape, float(noise), dtype=F64), learn_additional_noise=False, batch_shape=batch
+            )
+            super().__init__(x, y, lik)
+            self.mean = gpytorch.means.ZeroMean(batch_shape=batch)
+            self.kernel = gpytorch.kernels.MaternKernel(
+                nu=1.5, ard_num_dims=x.shape[-1], batch_shape=batch,
+                lengthscale_constraint=gpytorch.constraints.Positive(transform=torch.exp, inv_transform=torch.log),
+            )
+            self.double()
+
+        def forward(self, x: torch.Tensor):
+            return gpytorch.distributions.MultivariateNormal(self.mean(x), self.kernel(x))
+
+    return ExactGP
+
+
+def _settings(n: int):
+    """Exact Cholesky up to n (gpytorch's limit raised above the observation count), no debug checks."""
+    gpytorch = _gpytorch()
+    return (gpytorch.settings.max_cholesky_size(max(n, 1) + 1), gpytorch.settings.debug(False),
+            gpytorch.settings.fast_computations(False, False, False))
+
+
+class NegLogLikelihood:
+    """f(log ℓ) = −log p(y | X, ℓ) per member (B,) and its gradient (B, D), by a batched gpytorch ExactGP."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, noise: float):
+        self.model = _exact_gp_class()(x.to(F64), y.to(F64), noise)
+        self.mll = _gpytorch().mlls.ExactMarginalLogLikelihood(self.model.likelihood, self.model)
+        self.n = int(y.shape[-1])
+        self.evaluations = 0
+
+    def __call__(self, log_ls: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raw = self.model.kernel.raw_lengthscale
+        with torch.no_grad():
+            raw.copy_(log_ls[:, None, :])
+        s1, s2, s3 = _settings(self.n)
+        with s1, s2, s3, torch.enable_grad():
+            out = self.model(*self.model.train_inputs)
+            nll = -self.mll(out, self.model.train_targets) * self.n
+            (grad,) = torch.autograd.grad(nll.sum(), raw)
+        self.evaluations += 1
+        return nll.detach(), grad[:, 0, :]
+
+
+def fit_lengthscales(x: torch.Tensor, y: torch.Tensor, noise: float, start: torch.Tensor,
+                     bounds: tuple[float, float], max_iter: int = 100, gtol: float = 1e-5,
+                     ftol: float = 2.2e-9) -> tuple[torch.Tensor, int]:
+    """Maximum-likelihood ℓ (B, D) for observations x (B, n, D), y (B, n), from ``start`` (B, D).
+
+    Returns (ℓ, number of batched likelihood evaluations)."""
+    objective = NegLogLikelihood(x, y, noise)
+    lo, hi = math.log(bounds[0]), math.log(bounds[1])
+    z = start.to(F64).log().clamp(lo, hi)
+    f, g = objective(z)
+    nb, dim = z.shape
+    eye = torch.eye(dim, dtype=F64)
+    hess = eye.repeat(nb, 1, 1)  # inverse Hessian approximations
+    active = torch.ones(nb, dtype=torch.bool)
+    steps = torch.zeros(nb, dtype=torch.long)
+    for _ in range(max_iter):
+        free = ~(((z <= lo) & (g > 0)) | ((z >= hi) & (g < 0)))
+        pg = torch.where(free, g, 0.0)
+        active &= pg.abs().amax(dim=-1) > gtol
+        if not active.any():
+            break
+        hf = hess * (free[:, :, None] & free[:, None, :])
+        d = -(hf @ pg[:, :, None])[:, :, 0]
+        uphill = (d * pg).sum(-1) >= 0
+        d = torch.where(uphill[:, None], -pg, d)
+        hess[uphill] = eye
+        d = d / d.abs().amax(dim=-1, keepdim=True).clamp_min(1.0)  # at most a factor e per step
+        t = torch.ones(nb, dtype=F64)
+        todo = active.clone()
+        z_new, f_new, g_new = z.clone(), f.clone(), g.clone()
+        for _ls in range(30):
+            trial = torch.where(todo[:, None], (z + t[:, None] * d).clamp(lo, hi), z_new)
+            ft, gt = objective(trial)
+            ok = todo & (ft <= f + 1e-4 * (g * (trial - z)).sum(-1))
+            z_new = torch.where(ok[:, None], trial, z_new)
+            f_new = torch.where(ok, ft, f_new)
+            g_new = torch.where(ok[:, None], gt, g_new)
+            todo &= ~ok
+            if not todo.any():
+                break
+            t = torch.where(todo, t * 0.5, t)
+        s, yv = z_new - z, torch.where(free, g_new - g, 0.0)  # curvature of the free variables only
+        sy = (s * yv).sum(-1)
+        upd = active & ~todo & (sy > 1e-10)
+        if upd.any():  # BFGS update of the inverse Hessian, H+ = (I − ρsyᵀ) H (I − ρysᵀ) + ρssᵀ
+            first = upd & (steps == 0)  # scale the initial H to sᵀy / yᵀy (Nocedal & Wright 6.20)
+            hess = torch.where(first[:, None, None], eye * (sy / (yv * yv).sum(-1).clamp_min(1e-300))[:, None, None],
+                               hess)
+            rho = torch.where(upd, 1.0 / torch.where(upd, sy, 1.0), 0.0)
+            left = eye - rho[:, None, None] * s[:, :, None] * yv[:, None, :]
+            new = left @ hess @ left.transpose(1, 2) + rho[:, None, None] * s[:, :, None] * s[:, None, :]
+            hess = torch.where(upd[:, None, None], new, hess)
+            steps = steps + upd.long()
+        small = (f - f_new) <= ftol * torch.maximum(torch.maximum(f.abs(), f_new.abs()), torch.ones_like(f))
+        active &= ~todo & ~small
+        z, f, g = z_new, f_new, g_new
+    return z.exp(), objective.evaluations
+
+
+@dataclass
+class Posterior:
+    """The GP of one member given observations x (n, D) with residuals y (n,): see the module docstring."""
+
+    x: torch.Tensor
+    ls: torch.Tensor
+    noise: float
+    chol: torch.Tensor
+    chol_inv: torch.Tensor
+    alpha: torch.Tensor
+
+    @classmethod
+    def fit(cls, x: torch.Tensor, y: torch.Tensor, ls: torch.Tensor, noise: float) -> Posterior:
+        x, y, ls = x.to(F64), y.to(F64), ls.to(F64)
+        k = matern32(_scaled_dist(x, x, ls)) + noise * torch.eye(x.shape[0], dtype=F64)
+        chol = torch.linalg.cholesky(k)
+        eye = torch.eye(x.shape[0], dtype=F64)
+        chol_inv = torch.linalg.solve_triangular(chol, eye, upper=False)
+        alpha = chol_inv.T @ (chol_inv @ y)
+        return cls(x, ls, noise, chol, chol_inv, alpha)
+
+    def cross(self, xc: torch.Tensor) -> torch.Tensor:
+        """k(xc, X): (m, n)."""
+        return matern32(_scaled_dist(xc.to(F64), self.x, self.ls))
+
+    def predict(self, xc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and standard deviation of f at xc (m, D)."""
+        return self._from_cross(self.cross(xc))
+
+    def _from_cross(self, kc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        v = kc @ self.chol_inv.T
+        return kc @ self.alpha, (1.0 - (v * v).sum(-1)).clamp_min(0.0).sqrt()
+
+    def believe(self, xp: torch.Tensor) -> Posterior:
+        """Condition σ on a pending point xp (D,) observed at its own mean (μ is unchanged)."""
+        xp = xp.to(F64).view(1, -1)
+        kp = self.cross(xp)[0]
+        lrow = self.chol_inv @ kp
+        diag = torch.sqrt(torch.clamp(1.0 + self.noise - lrow @ lrow, min=1e-12))
+        n = self.x.shape[0]
+        chol = torch.zeros((n + 1, n + 1), dtype=F64)
+        chol[:n, :n], chol[n, :n], chol[n, n] = self.chol, lrow, diag
+        inv = torch.zeros_like(chol)
+        inv[:n, :n], inv[n, :n], inv[n, n] = self.chol_inv, -(lrow @ self.chol_inv) / diag, 1.0 / diag
+        alpha = torch.cat([self.alpha, torch.zeros(1, dtype=F64)])
+        return Posterior(torch.cat([self.x, xp]), self.ls, self.noise, chol, inv, alpha)
+
+
+def _scaled_dist(a: torch.Tensor, b: torch.Tensor, ls: torch.Tensor) -> torch.Tensor:
+    diff = (a[:, None, :] - b[None, :, :]) / ls
+    return torch.sqrt((diff * diff).sum(-1))
+
+
+@dataclass
+class StateGrid:
+    """Candidate states: rows × cols × sizes in GP coordinates, with the pixel of each row and column.
+
+    The search cuts the grid into square blocks of ``top`` x ``top`` candidate positions per size and
+    halves the surviving blocks down to ``leaf`` (see :func:`ucb_argmax`)."""
+
+    rows: torch.Tensor  # (nr,) GP coordinate of each candidate row, increasing
+    cols: torch.Tensor  # (nc,)
+    sizes: torch.Tensor  # (K,)
+    row_px: np.ndarray  # (nr,) pixel row of each candidate row
+    col_px: np.ndarray
+    top: int = 16
+    leaf: int = 4
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return len(self.rows), len(self.cols), len(self.sizes)
+
+    def levels(self) -> list[int]:
+        out, t = [], self.top
+        while t >= self.leaf:
+            out.append(t)
+            t //= 2
+        return out
+
+    def prior_pyramid(self, prior: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Max of the prior (nr, nc) on the candidates of each block, per block side: {T: (⌈nr/T⌉, ⌈nc/T⌉)}."""
+        p = prior.to(F64)[None, None]
+        return {t: torch.nn.functional.max_pool2d(p, t, t, ceil_mode=True)[0, 0] for t in self.levels()}
+
+
+def ucb_argmax(post: Posterior, grid: StateGrid, prior: torch.Tensor, pyramid: dict[int, torch.Tensor],
+               kappa: float) -> tuple[tuple[int, int, int], float, int]:
+    """Exact argmax of P + μ + κσ over the grid: ((row index, col index, size index), value, states evaluated).
+
+    ``prior`` (nr, nc) holds P at the candidate rows and columns, ``pyramid`` its block maxima. Blocks
+    whose upper bound (:func:`_block_bounds`) is below the best value seen are dropped, the others are
+    halved, down to leaf blocks whose states are all evaluated; the first of equal maxima in the
+    authors' order (column, row, size) wins."""
+    nr, nc, nk = grid.shape
+    top = grid.top
+    r0, c0, k = torch.meshgrid(torch.arange(0, nr, top), torch.arange(0, nc, top), torch.arange(nk), indexing="ij")
+    blocks = torch.stack([r0.flatten(), c0.flatten(), k.flatten()], dim=1)
+    best = -math.inf
+    for t in grid.levels():
+        ub, centre = _block_bounds(post, grid, blocks, t, prior, pyramid[t], kappa)
+        best = max(best, float(centre.max()))
+        blocks, ub = blocks[ub >= best], ub[ub >= best]
+        if t > grid.leaf:
+            h = t // 2
+            offsets = torch.tensor([[0, 0, 0], [h, 0, 0], [0, h, 0], [h, h, 0]])
+            blocks = (blocks[:, None, :] + offsets[None]).view(-1, 3)
+            blocks = blocks[(blocks[:, 0] < nr) & (blocks[:, 1] < nc)]
+    blocks = blocks[torch.argsort(ub, descending=True, stable=True)]
+    ub = ub.sort(descending=True, stable=True).values
+    best, best_key, best_state = -math.inf, math.inf, (0, 0, 0)
+    pos, chunk, evaluated, t = 0, 64, 0, grid.leaf
+    span = torch.arange(t)
+    while pos < len(blocks) and ub[pos] >= best:
+        stop = pos + chunk
+        if math.isfinite(best):
+            stop = min(stop, pos + int((ub[pos:stop] >= best).sum()))
+        part = blocks[pos:stop]
+        pos, chunk = stop, chunk * 4
+        ri = (part[:, 0:1] + span).clamp_max(nr - 1)  # (M, T), the last index repeated at the border
+        ci = (part[:, 1:2] + span).clamp_max(nc - 1)
+        k = part[:, 2]
+        d2 = (((grid.rows[ri][..., None] - post.x[:, 0]) / post.ls[0]).square()[:, :, None, :]
+              + ((grid.cols[ci][..., None] - post.x[:, 1]) / post.ls[1]).square()[:, None, :, :]
+              + ((grid.sizes[k][:, None] - post.x[:, 2]) / post.ls[2]).square()[:, None, None, :])
+        kc = matern32(d2.sqrt())  # (M, T, T, n)
+        mu, sd = post._from_cross(kc.view(-1, kc.shape[-1]))
+        value = (mu + kappa * sd).view(kc.shape[:3]) + prior[ri[:, :, None], ci[:, None, :]]
+        evaluated += value.numel()
+        top_value = float(value.max())
+        if top_value < best:
+            continue
+        key = ((ci[:, None, :] * nr + ri[:, :, None]) * nk + k[:, None, None]).to(F64)
+        tied = value == top_value
+        kmin = float(torch.where(tied, key, math.inf).min())
+        if top_value > best or kmin < best_key:
+            flat = int(torch.nonzero((tied & (key == kmin)).flatten())[0, 0])
+            m_i, a_i, b_i = np.unravel_index(flat, value.shape)
+            best, best_key = top_value, kmin
+            best_state = (int(ri[m_i, a_i]), int(ci[m_i, b_i]), int(k[m_i]))
+    return best_state, best, evaluated
+
+
+def _block_bounds(post: Posterior, grid: StateGrid, blocks: torch.Tensor, t: int, prior: torch.Tensor,
+                  block_max: torch.Tensor, kappa: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Upper bounds of a = P + μ + κσ on blocks (M, 3) of side t given by (first row, first col, size),
+    and a at one state of each (its centre c). With k_j ∈ [k_min,j, k_max,j] on the block (from the
+    distance range to observation j), δ_j = max(k_j(c) − k_min,j, k_max,j − k_j(c)), A = (K + noise·I)⁻¹:
+    μ ≤ min(μ(c) + Σ|α_j|·δ_j, Σ max(α_j·k_max,j, α_j·k_min,j)); with s = kᵀAk (σ² = 1 − s) and A ⪰ 0,
+    s(x) ≥ s(c) + 2·(A·k(c))ᵀ(k(x) − k(c)) ≥ s(c) − 2·|A·k(c)|ᵀδ, and s ≥ k_min,j² / (1 + noise) for
+    every j (the variance given observation j alone); P ≤ the block's max."""
+    x, ls = post.x, post.ls
+    tr, tc, k = blocks[:, 0] // t, blocks[:, 1] // t, blocks[:, 2]
+    rows, cols = _axis_terms(grid.rows, t, x[:, 0], ls[0]), _axis_terms(grid.cols, t, x[:, 1], ls[1])
+    m2 = ((grid.sizes[:, None] - x[:, 2]) / ls[2]).square()[k]  # (M, n)
+    d2 = rows[1][:, tr] + cols[1][:, tc] + m2  # (3, M, n): nearest, farthest, centre
+    kmax, kmin, kc = matern32(d2.sqrt_())
+    delta = torch.maximum(kc - kmin, kmax - kc)
+    v = kc @ post.chol_inv.T
+    s = (v * v).sum(-1)
+    w = v @ post.chol_inv  # A·k(c)
+    a = post.alpha
+    mu_c = kc @ a
+    mu_ub = torch.minimum(mu_c + delta @ a.abs(), kmax @ a.clamp_min(0.0) + kmin @ a.clamp_max(0.0))
+    s_lb = torch.maximum(s - 2.0 * (w.abs_() * delta).sum(-1), kmin.square().amax(-1) / (1.0 + post.noise))
+    margin = 1e-10 * (1.0 + kappa + float(a.abs().sum()) + float(block_max.abs().max()))
+    ub = block_max[tr, tc] + mu_ub + kappa * (1.0 - s_lb + 1e-12).clamp_min(0.0).sqrt() + margin
+    rc, cc = rows[0][tr], cols[0][tc]
+    return ub, prior[rc, cc] + mu_c + kappa * (1.0 - s).clamp_min(0.0).sqrt()
+
+
+def _axis_terms(coords: torch.Tensor, t: int, xj: torch.Tensor, ls: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per run of t consecutive candidates along one axis: the index of its centre (nt,) and the squared
+    scaled distances (3, nt, n) to each observation: nearest point, farthest point, centre."""
+    n = len(coords)
+    first = torch.arange(0, n, t)
+    last = (first + t).clamp_max(n) - 1
+    centre = torch.minimum(first + t // 2, last)
+    lo, hi = (coords[first, None] - xj) / ls, (coords[last, None] - xj) / ls
+    near = torch.where(lo > 0, lo, torch.where(hi < 0, -hi, torch.zeros_like(lo)))
+    far = torch.maximum(lo.abs(), hi.abs())
+    mid = (coords[centre, None] - xj) / ls
+    return centre, torch.stack([near, far, mid]).square_()
+
+
+def mean_grid(post: Posterior, rows: torch.Tensor, cols: torch.Tensor, size: float, max_elems: int = 1 << 22
+              ) -> torch.Tensor:
+    """Posterior mean μ(row, col, size) for every row × col (H, W), in row chunks (in-place float64)."""
+    x, ls = post.x, post.ls
+    ar = ((rows[:, None] - x[None, :, 0]) / ls[0]).square()
+    ac = ((cols[:, None] - x[None, :, 1]) / ls[1]).square() + ((size - x[:, 2]) / ls[2]).square()
+    out = torch.empty((len(rows), len(cols)), dtype=F64)
+    step = max(1, max_elems // max(1, len(cols) * x.shape[0]))
+    for s in range(0, len(rows), step):
+        d = torch.add(ar[s : s + step, None, :], ac[None, :, :]).sqrt_().mul_(SQRT3)
+        e = torch.neg(d).exp_()
+        out[s : s + step] = d.add_(1.0).mul_(e) @ post.alpha  # (1 + √3d)·exp(−√3d)
+    return out

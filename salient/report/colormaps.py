@@ -1,0 +1,64 @@
+"""Colour rules for saliency maps (no resizing, no photo): values in, RGB floats in [0, 1] out.
+
+- Signed maps (DiDA's display): red for d >= 0, blue for d < 0, black for 0. Brightness
+  a(d) = min(|d| / scale, 1): increasing in |d| and clipped at full. ``scale`` defaults to the
+  99.5th percentile of |d| over the map, so a few outliers saturate instead of dimming the rest.
+- Unsigned maps: min-max normalised to [0, 1], then looked up in a sequential matplotlib colour
+  map sampled at 256 levels (``inferno`` by default: dark = low, bright = high, lightness monotone
+  in the value).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+DEFAULT_CMAP = "inferno"
+SIGNED_PERCENTILE = 99.5
+
+
+def signed_scale(d: np.ndarray, percentile: float = SIGNED_PERCENTILE) -> float:
+    """The |d| that maps to full brightness: a high percentile of |d| (0 when the map is all zero)."""
+    a = np.abs(np.asarray(d, dtype=np.float64))
+    if a.size == 0:
+        return 0.0
+    s = float(np.percentile(a, percentile))
+    return s if s > 0 else float(a.max())
+
+
+def signed_colors(d: np.ndarray, scale: float | None = None) -> np.ndarray:
+    """(H, W) signed values -> (H, W, 3) RGB: (a, 0, 0) where d >= 0, (0, 0, a) where d < 0,
+    a = min(|d| / scale, 1). A zero map (or scale 0) is all black."""
+    d = np.asarray(d, dtype=np.float32)
+    s = signed_scale(d) if scale is None else float(scale)
+    a = np.clip(np.abs(d) / s, 0.0, 1.0) if s > 0 else np.zeros_like(d)
+    rgb = np.zeros((*d.shape, 3), dtype=np.float32)
+    rgb[..., 0] = np.where(d >= 0, a, 0.0)
+    rgb[..., 2] = np.where(d < 0, a, 0.0)
+    return rgb
+
+
+def normalize_unsigned(v: np.ndarray) -> np.ndarray:
+    """Min-max to [0, 1]; a constant map becomes all zeros."""
+    v = np.asarray(v, dtype=np.float64)
+    lo, hi = float(v.min()), float(v.max())
+    return (v - lo) / (hi - lo) if hi > lo else np.zeros_like(v)
+
+
+def sequential_colors(v: np.ndarray, cmap: str = DEFAULT_CMAP) -> np.ndarray:
+    """(H, W) non-negative importance -> (H, W, 3) RGB through a sequential colour map."""
+    return colormap_lut(cmap)[np.rint(normalize_unsigned(v) * 255.0).astype(np.intp)]
+
+
+@lru_cache(maxsize=8)
+def colormap_lut(cmap: str = DEFAULT_CMAP) -> np.ndarray:
+    """The colour map sampled at 256 levels: float32 (256, 3)."""
+    from matplotlib import colormaps
+
+    return colormaps[cmap](np.linspace(0.0, 1.0, 256))[:, :3].astype(np.float32)
+
+
+def colorize(m: np.ndarray, signed: bool, scale: float | None = None, cmap: str = DEFAULT_CMAP) -> np.ndarray:
+    """The colour rule of a map: signed red/blue on black, or unsigned sequential."""
+    return signed_colors(m, scale) if signed else sequential_colors(m, cmap)

@@ -1,0 +1,402 @@
+"""BOREx and GP saliency: known-answer toys, the GP against dense float64 numpy, the geometry of
+states and of the final map, batched = one-at-a-time, and bad inputs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from toy_models import Region, toy
+
+import salient
+from salient.errors import SalientError
+from salient.kernels.boxes import box_mean
+from salient.methods import BoxQuery, ItemContext, Request, ScoreQuery, get_method
+from salient.methods import borex as bx
+from salient.methods import gp_model as gm
+
+SIZE = 64
+BOX = (12, 28, 34, 50)  # rows 12:28, cols 34:50: the only pixels the toy's class 0 looks at
+
+
+@pytest.fixture(scope="module")
+def region():
+    model = toy(Region(box=BOX, gain=5.0), size=SIZE, score="softmax")
+    with salient.Engine(model, batch_size=16) as eng:
+        yield eng
+
+
+@pytest.fixture(scope="module")
+def image():
+    return np.random.default_rng(0).uniform(0.5, 1.0, (SIZE, SIZE, 3)).astype(np.float32)
+
+
+def bump(center, size=SIZE, width=6.0):
+    yy, xx = np.mgrid[:size, :size]
+    return np.exp(-((yy - center[0]) ** 2 + (xx - center[1]) ** 2) / (2 * width**2))
+
+
+def inside(rc, box=BOX):
+    return box[0] <= rc[0] < box[1] and box[2] <= rc[1] < box[3]
+
+
+def peak(a):
+    return tuple(int(v) for v in np.unravel_index(np.argmax(a), a.shape))
+
+
+# -- known-answer model: the score depends on one square region only --------------------------------------------
+
+
+@pytest.mark.slow
+def test_maps_peak_inside_the_region_and_a_wrong_prior_is_corrected(region, image):
+    wrong = bump((48, 12))
+    assert not inside(peak(wrong))
+    for method, params in (("gp", {}), ("borex", {}), ("borex", {"prior": wrong})):
+        s = region.explain(image, method=method, **params)
+        assert s.signed and s.method == method
+        assert inside(peak(s.map)), (method, peak(s.map))
+        # the region's pixels score higher than the prior's (wrong) peak
+        assert s.map[BOX[0]:BOX[1], BOX[2]:BOX[3]].mean() > s.map[42:54, 6:18].mean() + 0.2
+    # costs: 1 unmasked pass, the prior's passes, 2 per iteration (50 by default)
+    assert s.n_forward == 1 + 2 * 50
+    assert region.explain(image, method="gp", iterations=3).n_forward == 1 + 6
+
+
+def test_results_record_the_prior_and_its_parameters(region, image):
+    s = region.explain(image, method="borex", iterations=2, **{"prior.n_masks": "40", "prior.p": 0.5})
+    assert s.params["prior"] == "rise" and s.params["iterations"] == 2
+    # the authors' RISE prior (8 cells, p = 0.3, 100 masks) unless overridden; strings from --set coerced
+    assert (s.params["prior.n_masks"], s.params["prior.cells"], s.params["prior.p"]) == (40, 8, 0.5)
+    assert s.n_forward == 1 + 40 + 2 * 2
+    assert len(s.params["fitted_lengthscale"]) == 1
+    m = region.explain(image, method="borex", iterations=1, prior=bump((10, 10)))
+    assert m.params["prior"] == f"map {(SIZE, SIZE)}" and m.n_forward == 3
+    assert region.explain(image, method="gp", iterations=1).params["prior"] == "zero"
+
+
+def test_nested_parameter_checking():
+    checked = get_method("borex").check_params({"prior.cells": "6"})
+    assert checked["prior"] == "rise" and checked["prior.cells"] == 6 and checked["prior.n_masks"] == 100
+    assert get_method("borex").check_params({"prior": "occlusion"})["prior.window"] == (32, 32)
+    with pytest.raises(SalientError, match="unknown parameter 'bogus' for method rise"):
+        get_method("borex").check_params({"prior.bogus": 1})
+    with pytest.raises(SalientError, match="need prior to be a method name"):
+        get_method("borex").check_params({"prior": np.zeros((4, 4)), "prior.n_masks": 3})
+    with pytest.raises(SalientError, match="unknown method 'nope'"):
+        get_method("borex").check_params({"prior": "nope"})
+    with pytest.raises(SalientError, match="unknown parameter 'prior.cells' for method gp"):
+        get_method("gp").check_params({"prior.cells": 6})
+    assert get_method("rise").check_params({}) == get_method("rise").defaults  # others unchanged
+
+
+# -- the GP against dense float64 numpy ---------------------------------------------------------------------------
+
+
+def numpy_gp(x, y, ls, noise, xc):
+    """Dense reference: μ = k*ᵀ(K + noise·I)⁻¹y, σ² = 1 − k*ᵀ(K + noise·I)⁻¹k*, Matern 3/2."""
+    def k(a, b):
+        d = np.sqrt((((a[:, None, :] - b[None, :, :]) / ls) ** 2).sum(-1))
+        return (1 + math.sqrt(3) * d) * np.exp(-math.sqrt(3) * d)
+
+    kx = k(x, x) + noise * np.eye(len(x))
+    kc = k(xc, x)
+    mu = kc @ np.linalg.solve(kx, y)
+    var = 1.0 - np.einsum("ij,ji->i", kc, np.linalg.solve(kx, kc.T))
+    nll = 0.5 * y @ np.linalg.solve(kx, y) + 0.5 * np.linalg.slogdet(kx)[1] + 0.5 * len(x) * math.log(2 * math.pi)
+    return mu, np.sqrt(np.maximum(var, 0)), nll
+
+
+def test_posterior_and_likelihood_match_dense_numpy_and_gpytorch():
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0, 60, (6, 3))
+    y = np.tanh(rng.normal(size=6))
+    xc = rng.uniform(-5, 65, (40, 3))
+    xc[:3] = x[:3]  # at observations too
+    ls = np.array([9.0, 14.0, 4.0])
+    post = gm.Posterior.fit(torch.tensor(x), torch.tensor(y), torch.tensor(ls), 0.01)
+    mu, sd = post.predict(torch.tensor(xc))
+    mu_ref, sd_ref, nll_ref = numpy_gp(x, y, ls, 0.01, xc)
+    np.testing.assert_allclose(mu.numpy(), mu_ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(sd.numpy(), sd_ref, rtol=1e-8, atol=1e-8)
+    # the likelihood (and so the fit) is gpytorch's ExactGP; its predictive posterior agrees too
+    nll = gm.NegLogLikelihood(torch.tensor(x)[None], torch.tensor(y)[None], 0.01)
+    f, g = nll(torch.tensor(ls)[None].log())
+    assert f.item() == pytest.approx(nll_ref, rel=1e-10)
+    model = nll.model.eval()
+    with torch.no_grad(), gm._settings(6)[0]:
+        pred = model(torch.tensor(xc)[None])
+    np.testing.assert_allclose(pred.mean[0].numpy(), mu_ref, atol=1e-9)
+    np.testing.assert_allclose(pred.variance[0].clamp_min(0).sqrt().numpy(), sd_ref, atol=1e-6)
+    # its gradient in log ℓ matches central differences of the numpy likelihood
+    eps = 1e-6
+    for i in range(3):
+        up, dn = ls.copy(), ls.copy()
+        up[i], dn[i] = ls[i] * math.exp(eps), ls[i] * math.exp(-eps)
+        fd = (numpy_gp(x, y, up, 0.01, xc)[2] - numpy_gp(x, y, dn, 0.01, xc)[2]) / (2 * eps)
+        assert g[0, i].item() == pytest.approx(fd, rel=1e-5, abs=1e-8)
+
+
+def test_fit_reaches_the_bounded_likelihood_optimum_like_lbfgsb():
+    from scipy.optimize import minimize
+
+    rng = np.random.default_rng(5)
+    x = torch.tensor(rng.uniform(0, 224, (3, 12, 3)))
+    y = torch.tensor(np.tanh(rng.normal(size=(3, 12))))
+    start = torch.tensor([[12.0, 12.0, 10.0]] * 3)
+    ls, _ = gm.fit_lengthscales(x, y, 0.01, start, (1.0, 20.0))
+    assert ((ls >= 1 - 1e-9) & (ls <= 20 + 1e-9)).all()
+    for b in range(3):
+        nll = gm.NegLogLikelihood(x[b:b + 1], y[b:b + 1], 0.01)
+
+        def fg(z, nll=nll):
+            f, g = nll(torch.tensor(z)[None])
+            return float(f[0]), g[0].numpy()
+
+        ref = minimize(fg, np.log([12.0, 12.0, 10.0]), jac=True, method="L-BFGS-B", bounds=[(0, math.log(20))] * 3)
+        ours = fg(ls[b].log().numpy())[0]
+        assert ours <= ref.fun + 1e-6  # as good as scipy's L-BFGS-B (scikit-learn's optimiser)
+        # a member's fit does not depend on the other members of its batch
+        solo, _ = gm.fit_lengthscales(x[b:b + 1], y[b:b + 1], 0.01, start[b:b + 1], (1.0, 20.0))
+        np.testing.assert_allclose(solo[0].numpy(), ls[b].numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("ls", [(12.0, 12.0, 10.0), (20.0, 20.0, 20.0), (2.0, 3.0, 1.0)])
+def test_ucb_argmax_is_the_dense_argmax(ls):
+    rng = np.random.default_rng(int(ls[2]))
+    nr, nc = 45, 37  # not multiples of the block sides
+    geo = bx.Geometry.of((90, 74), bx.Options(
+        50, bx.SIZES, 10.0, 5.0, (1, 1, 0.5), (12, 12, 10), (1, 20), 0.01, 0.1, 1, 2, 1, True, "zero"))
+    grid = geo.grid
+    assert grid.shape == (nr, nc, 4)
+    prior = torch.tensor(rng.normal(size=(nr, nc))).cumsum(0).cumsum(1) * 0.01
+    pyramid = grid.prior_pyramid(prior)
+    rr, cc, kk = torch.meshgrid(grid.rows, grid.cols, grid.sizes, indexing="ij")
+    states = torch.stack([rr, cc, kk], -1).view(-1, 3)
+    for n in (1, 4, 25):
+        x = np.column_stack([rng.uniform(0, 224, n), rng.uniform(0, 224, n), rng.choice(bx.SIZES, n)])
+        y = np.tanh(rng.normal(size=n))
+        post = gm.Posterior.fit(torch.tensor(x), torch.tensor(y), torch.tensor(ls), 0.01)
+        (ri, ci, k), value, evaluated = gm.ucb_argmax(post, grid, prior, pyramid, 10.0)
+        mu, sd, _ = numpy_gp(x, y, np.array(ls), 0.01, states.numpy())
+        a = torch.tensor(mu + 10 * sd).view(nr, nc, 4) + prior[:, :, None]
+        order = a.permute(1, 0, 2).flatten()  # the authors' candidate order: column, row, size
+        i = int(torch.argmax(order))
+        c_ref, rest = divmod(i, nr * 4)
+        assert (ri, ci, k) == (rest // 4, c_ref, rest % 4)
+        assert value == pytest.approx(float(order[i]), abs=1e-12)
+        assert evaluated < states.shape[0]
+
+
+def test_ucb_ties_go_to_the_first_state_in_the_authors_order():
+    geo = bx.Geometry.of((32, 32), bx.Options(
+        5, (30.0, 45.0), 10.0, 5.0, (1, 1, 0.5), (1, 1, 1), (1, 20), 0.01, 0.1, 1, 1, 1, True, "zero"))
+    # one far observation (k underflows): a = P + 10 everywhere, P constant -> all states tie
+    post = gm.Posterior.fit(torch.tensor([[5000.0, 5000.0, 30.0]]), torch.tensor([0.3]), torch.ones(3), 0.01)
+    prior = torch.zeros(32, 32)
+    assert gm.ucb_argmax(post, geo.grid, prior, geo.grid.prior_pyramid(prior), 10.0)[0] == (0, 0, 0)
+    prior[:, 0] = -1.0  # column 0 lower: the first tie is column 1, row 0
+    assert gm.ucb_argmax(post, geo.grid, prior, geo.grid.prior_pyramid(prior), 10.0)[0] == (0, 1, 0)
+
+
+def test_mean_grid_and_believer():
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 40, (5, 3))
+    post = gm.Posterior.fit(torch.tensor(x), torch.tensor(rng.normal(size=5)), torch.tensor([7.0, 5.0, 9.0]), 0.01)
+    rows, cols = torch.arange(13, dtype=torch.float64) * 3, torch.arange(11, dtype=torch.float64) * 4
+    grid = gm.mean_grid(post, rows, cols, 17.0, max_elems=60)  # several row chunks
+    rr, cc = torch.meshgrid(rows, cols, indexing="ij")
+    pts = torch.stack([rr, cc, torch.full_like(rr, 17.0)], -1).view(-1, 3)
+    np.testing.assert_allclose(grid.flatten().numpy(), post.predict(pts)[0].numpy(), rtol=1e-12, atol=1e-13)
+    # believer: σ conditioned on a pending point as if observed at its mean; μ unchanged
+    xp = torch.tensor([20.0, 21.0, 8.0])
+    b = post.believe(xp)
+    full = gm.Posterior.fit(torch.cat([post.x, xp[None]]), torch.zeros(6), post.ls, 0.01)
+    np.testing.assert_allclose(b.predict(pts)[1].numpy(), full.predict(pts)[1].numpy(), atol=1e-10)
+    np.testing.assert_allclose(b.predict(pts)[0].numpy(), post.predict(pts)[0].numpy(), atol=1e-12)
+
+
+# -- states, jitter, geometry, final map --------------------------------------------------------------------------
+
+
+def drive(gen, score):
+    """Run a method generator without an engine: BoxQuery -> score(box, mode) per box."""
+    return bx.drive(gen, lambda queries: [np.array([[score(b, q.mode)] for b in q.boxes], np.float32)
+                                          for q in queries])
+
+
+def region_score(box, mode, target=BOX):
+    """Keep: the share of the target region inside the box; delete: the share outside."""
+    y0, y1, x0, x1 = box
+    inter = max(0, min(y1, target[1]) - max(y0, target[0])) * max(0, min(x1, target[3]) - max(x0, target[2]))
+    share = inter / ((target[1] - target[0]) * (target[3] - target[2]))
+    return share if mode == "keep" else 1.0 - share
+
+
+def req(seed=0, targets=(0,), size=(SIZE, SIZE), item="i"):
+    return Request(item, size, targets, np.ones(len(targets), np.float32), seed)
+
+
+def test_first_state_and_window_geometry():
+    first = {}
+
+    def rec(box, mode):
+        first.setdefault(mode, box)
+        return region_score(box, mode)
+
+    p = bump((10, 50))
+    drive(get_method("borex").fn(req(), prior=p, iterations=1), rec)
+    # prior argmax (10, 50), half-side round(30 · 64 / 224) = 9: [1, 19) x [41, 59)
+    assert first == {"keep": (1, 19, 41, 59), "delete": (1, 19, 41, 59)}
+    first.clear()
+    drive(get_method("gp").fn(req(), iterations=1), rec)
+    assert first["keep"] == (23, 41, 23, 41)  # the centre (32, 32)
+    first.clear()
+    drive(get_method("borex").fn(req(), prior=bump((62, 1)), iterations=1), rec)
+    assert first["keep"] == (53, 64, 0, 10)  # clipped at the border
+    # keep shows only the box, delete fills only the box (fill 0)
+    x = torch.arange(3 * 8 * 8, dtype=torch.float32).view(3, 8, 8) + 1
+    ctx = ItemContext("i", x, torch.zeros(3, 1, 1))
+    out = torch.empty(2, 3, 8, 8)
+    for i, mode in enumerate(("keep", "delete")):
+        BoxQuery("i", (0,), boxes=((5, 9, 0, 2),), mode=mode).build(ctx, 0, 1, out[i:i + 1])
+    inside = torch.zeros(8, 8, dtype=torch.bool)
+    inside[5:8, 0:2] = True
+    assert torch.equal(out[0], torch.where(inside, x, 0.0)) and torch.equal(out[1], torch.where(inside, 0.0, x))
+
+
+def test_jitter_statistics_and_determinism():
+    trace: list = []
+    opts = bx.Options(60, bx.SIZES, 10.0, 5.0, (1.0, 1.0, 0.5), (12, 12, 10), (1, 20), 0.01, 0.1, 1, 1, 1, True,
+                      "zero")
+    reqs = [req(seed=s, item=f"i{s}") for s in range(3)] + [req(seed=0, targets=(0, 1), item="t")]
+    drive(bx._refine(reqs, [None] * 4, {}, opts, trace), region_score)
+    scale = SIZE / 224
+    by_member: dict[int, list] = {}
+    for it, j, (r, c, k), rec in trace:
+        exact = np.array([r / scale, c / scale, bx.SIZES[k]])
+        by_member.setdefault(j, []).append(rec - exact)
+        if it == 1:
+            assert np.array_equal(rec, exact)  # the first state is recorded without jitter
+    noise = np.concatenate([np.array(v[1:]) for v in by_member.values()])
+    assert noise.shape == (5 * 59, 3)
+    np.testing.assert_allclose(noise.std(0), [1.0, 1.0, 0.5], rtol=0.15)
+    np.testing.assert_allclose(noise.mean(0), 0.0, atol=0.2)
+    # seeded by (request seed, target): seed 0 target 0 twice gives the same stream, target 1 another
+    assert np.array_equal(by_member[0], by_member[3])
+    assert not np.allclose(by_member[3][1:], by_member[4][1:])
+    assert not np.allclose(by_member[0][1:], by_member[1][1:])
+
+
+def test_box_mean_and_final_map():
+    a = np.arange(20, dtype=np.float64).reshape(4, 5)
+    m = box_mean(a, 1)
+    assert m[0, 0] == pytest.approx(np.mean([0, 1, 5, 6]))  # corner: 2 x 2 window, padding not counted
+    assert m[1, 2] == pytest.approx(a[0:3, 1:4].mean())
+    assert m[3, 4] == pytest.approx(np.mean([13, 14, 18, 19]))
+    big = np.random.default_rng(0).normal(size=(2, 23, 17))
+    for half in (0, 3, 12, 30):
+        ref = torch.nn.AvgPool2d(2 * half + 1, 1, half, count_include_pad=False)(torch.tensor(big)).numpy()
+        np.testing.assert_allclose(box_mean(big, half), ref, atol=1e-12)
+    # final map = mean over sizes of box_mean(P + μ(·, ·, m), half_m); with α = 0 it is the prior's
+    opts = bx.Options(1, (30.0, 60.0), 10.0, 5.0, (1, 1, 0.5), (12, 12, 10), (1, 20), 0.01, 0.1, 1, 1, 1, True, 0.0)
+    geo = bx.Geometry.of((SIZE, SIZE), opts)
+    assert geo.half == (9, 17)
+    p = bump((20, 30))
+    post = gm.Posterior.fit(torch.tensor([[20.0, 30.0, 30.0]]), torch.zeros(1, dtype=torch.float64),
+                            torch.tensor([12.0, 12.0, 10.0]), 0.01)
+    np.testing.assert_allclose(bx.final_map(post, p, geo), (box_mean(p, 9) + box_mean(p, 17)) / 2, atol=1e-12)
+    post = gm.Posterior.fit(torch.tensor([[20.0, 30.0, 30.0]]), torch.ones(1, dtype=torch.float64),
+                            torch.tensor([12.0, 12.0, 10.0]), 0.01)
+    rows = torch.arange(SIZE, dtype=torch.float64) / geo.scale
+    mus = [gm.mean_grid(post, rows, rows, s).numpy() for s in (30.0, 60.0)]
+    expect = (box_mean(p + mus[0], 9) + box_mean(p + mus[1], 17)) / 2
+    np.testing.assert_allclose(bx.final_map(post, p, geo), expect, atol=1e-12)
+
+
+def test_prior_normalisation_and_first_state():
+    p = bump((5, 7)) * 3 - 0.5
+    q = bx.normalise_prior(p)
+    assert np.abs(q).mean() == pytest.approx(0.1)
+    assert bx.first_state(q) == (5, 7)
+    assert bx.first_state(np.full((6, 8), 0.3)) == (3, 4)  # constant: the centre
+    assert np.array_equal(bx.normalise_prior(np.zeros((3, 3))), np.zeros((3, 3)))  # all-zero: stays zero
+    np.testing.assert_allclose(bx.normalise_prior(np.full((3, 3), -2.0)), -0.1)
+
+
+def test_options_q_stride_refit(monkeypatch):
+    trace: list = []
+    opts = bx.Options(6, bx.SIZES, 10.0, 5.0, (1.0, 1.0, 0.5), (12, 12, 10), (1, 20), 0.01, 0.1, 3, 4, 1, True,
+                      "zero")
+    drive(bx._refine([req()], [bump((40, 40))], {}, opts, trace), region_score)
+    assert len(trace) == 18
+    for it in range(1, 7):
+        states = [s for i, _, s, _ in trace if i == it]
+        assert len(set(states)) == 3, (it, states)  # the believer keeps the q states apart
+        if it > 1:
+            assert all(r % 4 == 0 and c % 4 == 0 for r, c, _ in states)  # candidate stride 4
+    fits = []
+    orig = bx.fit_lengthscales
+    monkeypatch.setattr(bx, "fit_lengthscales", lambda *a, **k: fits.append(1) or orig(*a, **k))
+    drive(get_method("gp").fn(req(), iterations=7, refit_every=3), region_score)
+    assert len(fits) == 3  # after iterations 3, 6 and the last
+
+
+def test_batched_gps_equal_one_at_a_time(region):
+    rng = np.random.default_rng(7)
+    images = [rng.uniform(0.3, 1.0, (SIZE, SIZE, 3)).astype(np.float32) for _ in range(5)]
+    params = {"iterations": 8, "prior.n_masks": 30}
+    singles = [region.explain(im, method="borex", seed=3, **params).map for im in images]
+    items = [region.item(im, index=i) for i, im in enumerate(images)]
+    for it in items:
+        region.executor.hold(it)
+    scores = region.executor.evaluate([ScoreQuery(it.id) for it in items])
+    tops = [int(np.argmax(s)) for s in scores]
+    reqs = [Request(it.id, it.size, (t,), s[[t]], 3) for it, s, t in zip(items, scores, tops, strict=True)]
+    maps = bx.run_batch(region.executor.evaluate, reqs, **params)
+    for it in items:
+        region.executor.release(it.id)
+    for single, batched in zip(singles, maps, strict=True):
+        np.testing.assert_allclose(batched[0], single, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(maps[0], maps[1])
+
+
+def test_determinism_under_a_seed(region, image):
+    a = region.explain(image, method="gp", iterations=6, seed=1).map
+    b = region.explain(image, method="gp", iterations=6, seed=1).map
+    c = region.explain(image, method="gp", iterations=6, seed=2).map
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+# -- bad input ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"prior": np.zeros((SIZE, SIZE - 1))}, "does not match the input"),
+    ({"prior": np.zeros((2, SIZE, SIZE))}, "does not match the input"),
+    ({"prior": np.where(bump((3, 3)) > 0.5, np.nan, 1.0)}, "NaN or infinite"),
+    ({"prior": {"a": 1}}, "prior must be a method name or a map"),
+    ({"iterations": 0}, "iterations must be >= 1"),
+    ({"q": 0}, "q, stride and refit_every must be >= 1"),
+    ({"lengthscale": (12, 12, 30)}, "within bounds"),
+    ({"fill": "purple"}, "fill must be one of"),
+])
+def test_bad_input_is_a_one_line_error(params, message):
+    with pytest.raises(SalientError, match=message) as err:
+        drive(get_method("borex").fn(req(), **params), region_score)
+    assert "\n" not in str(err.value)
+
+
+def test_constant_and_zero_priors_are_defined(region, image):
+    for p in (np.full((SIZE, SIZE), 0.7), np.zeros((SIZE, SIZE)), torch.full((1, SIZE, SIZE), -3.0)):
+        first: dict = {}
+
+        def score(box, mode, first=first):
+            first.setdefault(mode, box)
+            return region_score(box, mode)
+
+        maps = drive(get_method("borex").fn(req(), prior=p, iterations=3), score)
+        assert first["keep"] == (23, 41, 23, 41) and np.isfinite(maps).all()
+    with pytest.raises(SalientError, match="iterations must be >= 1"):
+        region.explain(image, method="gp", iterations=0)
