@@ -132,6 +132,8 @@ def load_image(src: str | os.PathLike | np.ndarray | torch.Tensor | Image, name:
         if _png_zero_size(path):
             raise ItemError(f"{path}: zero-sized image (its PNG header gives width or height 0)") from None
         raise ItemError(f"{path}: not a readable image (unknown or corrupt format)") from None
+    except PILImage.DecompressionBombError as e:
+        raise ItemError(f"{path}: corrupt or implausibly large image ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ItemError(f"{path}: corrupt or truncated image ({e})") from None
     return Image(_to_canonical(arr, str(path)), label, str(path))

@@ -42,6 +42,21 @@ class Poison(nn.Module):
         return torch.einsum("nchw,kchw->nk", x, self.weight)
 
 
+class Conv(nn.Module):
+    """A small CNN (conv, ReLU, pooling, linear): white-box methods hook its conv layer."""
+
+    def __init__(self, n_classes: int = 3):
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.act = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(6, n_classes)
+
+    def forward(self, x):
+        return self.fc(self.pool(self.act(self.conv(x))).flatten(1))
+
+
 class Recording:
     """Wraps an executor; counts units in flight per worker independently of the scheduler, records
     which items each worker was given, and can turn chosen completions into losses (``lose``: unit

@@ -4,6 +4,7 @@ states and of the final map, batched = one-at-a-time, and bad inputs."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -217,6 +218,50 @@ def test_mean_grid_and_believer():
     np.testing.assert_allclose(b.predict(pts)[0].numpy(), post.predict(pts)[0].numpy(), atol=1e-12)
 
 
+@pytest.mark.slow
+def test_matches_the_authors_loop_transcribed_with_scikit_learn():
+    """Their loop (SoftwareFoundationGroupAtKyotoU/BOREx, src/borex.py) with scikit-learn's GP refitted
+    from (12, 12, 10) each time, dense prediction of every candidate and np.argmax, at 224 px on a
+    candidate stride of 8: the same states, and the same final map (their normalize=True)."""
+    sklearn_gp = pytest.importorskip("sklearn.gaussian_process")
+    size, stride, iters, box = 224, 8, 12, (60, 140, 120, 200)
+    prior = bump((40, 40), size, 30.0) + 0.3 * bump((150, 170), size, 20.0)
+    trace: list = []
+    opts = bx.Options(iters, bx.SIZES, 10.0, 5.0, (1.0, 1.0, 0.5), (12, 12, 10), (1, 20), 0.01, 0.1, 1, stride, 1,
+                      False, "zero")
+    (ours,) = drive(bx._refine([req(size=(size, size))], [prior], {}, opts, trace),
+                    lambda b, m: region_score(b, m, box))
+    sal = prior * 0.1 / np.abs(prior).mean()
+    pos = np.arange(0, size, stride)
+    cc, rr, kk = (a.ravel() for a in np.meshgrid(pos, pos, np.arange(4), indexing="ij"))  # column, row, size
+    cand = np.stack([rr, cc, np.array(bx.SIZES)[kk]], 1).astype(float)
+    rng = np.random.default_rng([0, 0])
+    r, c = np.unravel_index(np.argmax(sal), sal.shape)
+    state, xm, fm, states = (int(r), int(c), 0), [np.array([r, c, 30.0])], [], []
+    gp = sklearn_gp.GaussianProcessRegressor(
+        kernel=sklearn_gp.kernels.Matern(length_scale=[12, 12, 10], length_scale_bounds=[1, 20], nu=1.5), alpha=0.01)
+    for _ in range(iters):
+        states.append(state)
+        m = int(bx.SIZES[state[2]])
+        b = (max(state[0] - m, 0), min(size, state[0] + m), max(state[1] - m, 0), min(size, state[1] + m))
+        fm.append(np.tanh(5 * (region_score(b, "keep", box) - region_score(b, "delete", box))) - sal[state[:2]])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # ConvergenceWarning at the bounds
+            gp.fit(np.array(xm), np.array(fm))
+        mu, sig = gp.predict(cand, return_std=True)
+        j = int(np.argmax(10 * sig + mu + sal[rr, cc]))
+        state = (int(rr[j]), int(cc[j]), int(kk[j]))
+        xm.append(cand[j] + rng.standard_normal(3) * np.array([1, 1, 0.5]))
+    assert [t[2] for t in trace] == states
+    yy, xx = np.mgrid[:size, :size]
+    ref = np.zeros((size, size))
+    for m in bx.SIZES:
+        pts = np.stack([yy.ravel(), xx.ravel(), np.full(yy.size, m)], 1)
+        ov = torch.tensor(gp.predict(pts).reshape(size, size) + sal)[None]
+        ref += torch.nn.AvgPool2d(2 * int(m) + 1, 1, int(m), count_include_pad=False)(ov)[0].numpy() / 4
+    np.testing.assert_allclose(ours[0], ref, atol=5e-5)  # the last fits agree to the optimisers' tolerances
+
+
 # -- states, jitter, geometry, final map --------------------------------------------------------------------------
 
 
@@ -266,6 +311,7 @@ def test_first_state_and_window_geometry():
     assert torch.equal(out[0], torch.where(inside, x, 0.0)) and torch.equal(out[1], torch.where(inside, 0.0, x))
 
 
+@pytest.mark.slow
 def test_jitter_statistics_and_determinism():
     trace: list = []
     opts = bx.Options(60, bx.SIZES, 10.0, 5.0, (1.0, 1.0, 0.5), (12, 12, 10), (1, 20), 0.01, 0.1, 1, 1, 1, True,

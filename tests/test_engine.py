@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from engine_toys import Poison, Recording, Slow
+from engine_toys import Conv, Poison, Recording, Slow
 from toy_models import Linear, toy
 
 import salient
@@ -75,6 +75,19 @@ def test_maps_do_not_depend_on_workers_or_packing(linear, method):
             runs.append(maps(eng, method, target="top2", **JOBS[method]))
     for other in runs[1:]:
         assert all(np.array_equal(a, b) for a, b in zip(runs[0], other, strict=True))
+
+
+def test_white_box_queries_on_concurrent_workers():
+    """Grad-CAM hooks its worker's module: each local worker thread has its own replica, so maps from
+    2 concurrent workers equal those from 1."""
+    if "gradcam" not in salient.METHODS:
+        pytest.skip("gradcam is not registered")
+    images = [RNG.random((32, 32, 3), dtype=np.float32) for _ in range(12)]
+    runs = []
+    for workers in (1, 2):
+        with Engine(toy(Conv()), batch_size=4, workers=workers, unit_batches=1) as eng:
+            runs.append(maps(eng, "gradcam", images, target="top2"))
+    assert all(np.array_equal(a, b) for a, b in zip(*runs, strict=True))
 
 
 def test_backpressure_bounds_inflight_units_and_live_tasks():
@@ -192,6 +205,8 @@ def test_batch_size_policy(linear):
     for bad in (0, -3, "x"):
         with pytest.raises(SalientError, match="batch_size"):
             resolve_batch_size(linear, cpu, bad)
+    with pytest.raises(SalientError, match="workers must be >= 1"):
+        Engine(linear, workers=0)
     with Engine(linear, workers=2) as eng:
         assert eng.executor.batch_size == CPU_BATCH_SIZE
         assert {w.batch_size for w in eng.executor.workers} == {CPU_BATCH_SIZE}

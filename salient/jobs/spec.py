@@ -8,7 +8,8 @@ methods:
   - {name: rise, n_masks: 2000}      # parameters are checked against the registered method
   - {name: dida, targets: top3}
 metrics: [insertion, deletion]       # or {kinds: [insertion, deletion], step: 896, substrate: blur}
-executor: {kind: local}              # kind local|ray, workers, address, gpus_per_worker, batch_size, device, max_live
+executor: {kind: local}              # kind local|ray, workers, threads, address, gpus_per_worker, batch_size,
+                                     # device, max_live
 seed: 0
 out: audit/
 store: {shard_items: 64}             # optional: shard_items, flush_rows, checkpoint_seconds, compressor
@@ -104,11 +105,12 @@ class ExecutorSpec(_Strict):
     gpus_per_worker: float | None = Field(default=None, ge=0)
     batch_size: int | None = Field(default=None, ge=1)
     device: str | None = None
+    threads: int | None = Field(default=None, ge=1)  # intra-op threads per worker
     max_live: int | None = Field(default=None, ge=1)  # tasks alive at once (None: the engine's default)
 
     def options(self) -> dict[str, Any]:
         """Keyword options for the executor (only those given)."""
-        keys = ("workers", "address", "gpus_per_worker", "batch_size", "device")
+        keys = ("workers", "address", "gpus_per_worker", "batch_size", "device", "threads")
         return {k: v for k in keys if (v := getattr(self, k)) is not None}
 
 

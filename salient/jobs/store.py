@@ -35,6 +35,9 @@ Safety rules (one writer, nothing torn, nothing lost):
 - A map's table row is written only after its shard is on disk (and fsynced when ``durable``):
   an ``ok`` row always has its map. Parquet parts are written to a hidden temp file, fsynced and
   renamed, so a crash never leaves a torn part.
+Compression: Blosc lz4 with byte shuffle by default (``zstd``, or ``none`` for the fastest writes),
+always followed by the CRC32C checksum. Writes are synchronous on the driver (a whole shard at a
+time); benchmarks/store_write.py measures the rate.
 Memory: one buffer of ``shard_items`` maps per method per shard that has a live item (usually one
 or two), plus ``flush_rows`` table rows.
 """
@@ -332,7 +335,8 @@ class Store:
         hi = min(s0 + stack.shard, max(self._hi, stack.arr.shape[0]))
         if stack.arr.shape[0] < hi:
             stack.arr.resize((hi, *stack.item_shape))
-        stack.arr[s0:hi] = buf.data[: hi - s0]
+        with zarr.config.set({"codec_pipeline.batch_size": stack.shard}):  # encode the shard's chunks together
+            stack.arr[s0:hi] = buf.data[: hi - s0]
         if self.durable:
             key = stack.arr.metadata.encode_chunk_key((shard,) + (0,) * (stack.arr.ndim - 1))
             self._unsynced.add(self.out / ZARR_NAME / stack.arr.path / key)

@@ -75,8 +75,27 @@ class Method:
             if given:
                 raise SalientError(f"{self.name}: {prefix}.* parameters need {prefix} to be a method name")
             return {}
-        checked = get_method(target).check_params({**self.nested[prefix].get(target, {}), **given})
+        try:
+            checked = get_method(target).check_params({**self.nested[prefix].get(target, {}), **given})
+        except SalientError as e:
+            raise SalientError(f"{self.name} {prefix}.*: {e}") from None
         return {f"{prefix}.{k}": v for k, v in checked.items()}
+
+    def check_values(self, params: dict[str, Any], size: tuple[int, int], channels: int = 3) -> None:
+        """Run the generator on a stand-in request (class 0, zero base score) up to its first queries
+        and close it: bad values (p = 0, a window larger than the input) raise their SalientError
+        before any work, instead of once per item. ``params`` are checked ones (``check_params``);
+        errors other than SalientError (a method needing more of the request) are not this check's."""
+        req = Request("check", tuple(size), (0,), np.zeros(1, dtype=np.float32), 0, channels)
+        gen = self.fn(req, **params)
+        try:
+            next(gen)
+        except SalientError:
+            raise
+        except Exception:  # noqa: BLE001 - StopIteration (no queries) or see the docstring
+            pass
+        finally:
+            gen.close()
 
 
 METHODS: dict[str, Method] = {}

@@ -4,7 +4,10 @@ optimisation; and GP saliency without a prior (Mokuwe et al. 2020), method ``gp`
 The algorithm of the authors' code (SoftwareFoundationGroupAtKyotoU/BOREx), with their defaults,
 stated for a 224 x 224 input (ALGORITHMS.md):
 - Prior P (any map: a registered method run first, RISE with 100 masks, 8 cells, p = 0.3 by default,
-  as theirs; or a user map), normalised P <- P·0.1 / mean|P|. An all-zero prior stays 0 (``gp``).
+  as theirs; or a user map), normalised P <- P·0.1 / mean|P|. Defined for degenerate priors: an
+  all-zero prior stays 0 (that is ``gp``), a constant one becomes ±0.1 everywhere, and both start
+  at the centre (no location to prefer). A prior with NaN or infinite values, or of another size
+  than the input, is a one-line SalientError.
 - States (r, c, m): r, c pixel positions, m a half-side in {30, 45, 60, 75}. A state costs two
   forward passes: I_keep keeps the square [r−m, r+m) x [c−m, c+m) (clipped) and fills the rest,
   I_del fills the square (fill 0 by default). Δ = f_c(I_keep) − f_c(I_del), score = tanh(5·Δ)
@@ -24,10 +27,12 @@ jitter keep their meaning.
 Where we differ from the authors (each choice is a parameter):
 - the length scales are warm-started from the previous fit (``warm_start=True``); scikit-learn,
   which they use, restarts every fit from (12, 12, 10) (``warm_start=False``). Our optimiser is a
-  projected BFGS in log ℓ with scikit-learn's tolerances, not L-BFGS-B itself (gp_model).
+  projected BFGS in log ℓ, not L-BFGS-B itself (gp_model); with ``warm_start=False`` the states
+  match a transcription of the authors' loop with scikit-learn state for state (a test).
 - the jitter comes from a generator seeded by (request seed, target index), not numpy's global one.
-- the argmax is exact but evaluates only tiles of states whose upper bound can win (gp_model);
+- the argmax is exact but evaluates only blocks of states whose upper bound can win (gp_model);
   ties go to the first state in the authors' order (column, row, size), as their np.argmax.
+- a constant non-zero prior starts at the centre (their np.argmax would start at pixel (0, 0)).
 Options of ours, off by default: ``q`` states per iteration (q > 1: states 2..q chosen by the
 kriging believer, conditioning σ on the pending states so they do not pile up; 2·q forward passes
 per iteration), ``stride`` (candidate rows and columns every ``stride`` pixels), ``refit_every`` k
@@ -39,10 +44,12 @@ generator over several requests that fits all their GPs as one batched gpytorch 
 (``batch_shape=(B,)``) per iteration; every member (request, target) keeps its own seed, data and
 optimiser state, so it returns the same maps as one-at-a-time runs (a test checks it). Nothing is
 shared between calls: no module state. The scheduler's tasks hold one item each, so
-:func:`run_batch` drives it with an executor's synchronous ``evaluate`` (items held; see
-benchmarks/borex_quality.py). The GP arithmetic runs on
-one CPU thread (``torch.set_num_threads(1)`` between two yields, restored before yielding): its
-tensors are small and several threads only contend.
+:func:`run_batch` drives it with a synchronous ``evaluate(queries)`` (an executor's, items held;
+benchmarks/borex_quality.py spreads each round over all workers). The GP arithmetic runs on one
+CPU thread (``torch.set_num_threads(1)`` between two yields, restored before yielding; the
+engine's workers set their own): its tensors are small and several threads only contend.
+Results record the prior and its parameters (``prior``, ``prior.<name>``), the fitted length
+scales, and the engine counts the forward passes: the prior's plus 2·q·iterations.
 """
 
 from __future__ import annotations
@@ -324,7 +331,7 @@ def _refine(reqs: list[Request], priors: list[Any], prior_params: dict[str, Any]
         geo = geos.setdefault(tuple(req.size), Geometry.of(req.size, opts))
         for t in range(len(req.targets)):
             p = normalise_prior(raw[t], opts.magnification)
-            members.append(Member(i, t, p, geo, np.random.default_rng([abs(int(req.seed)), t])))
+            members.append(Member(i, t, p, geo, np.random.default_rng([int(req.seed) % 2**63, t])))
     ls0 = torch.tensor([opts.lengthscale] * len(members), dtype=F64)
     ls = ls0.clone()
     with _one_thread():
@@ -349,7 +356,8 @@ def _refine(reqs: list[Request], priors: list[Any], prior_params: dict[str, Any]
             x = torch.tensor(np.array([m.x for m in members]), dtype=F64)
             y = torch.tensor(np.array([m.y for m in members]), dtype=F64)
             if it % opts.refit_every == 0 or it == opts.iterations:
-                ls, _ = fit_lengthscales(x, y, opts.noise, ls if opts.warm_start else ls0, opts.bounds)
+                ls, _ = fit_lengthscales(x, y, opts.noise, ls if opts.warm_start else ls0, opts.bounds,
+                                         unit_first_step=not opts.warm_start)
             for b, m in enumerate(members):
                 m.post = Posterior.fit(x[b], y[b], ls[b], opts.noise)
             if it < opts.iterations:

@@ -11,6 +11,7 @@ map) per target, in that order.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,7 +123,7 @@ class RiseQuery(Query):
         for s in range(0, self.n, self.block):
             e = min(s + self.block, self.n)
             m = self._masks(ctx, s, e)
-            total += (scores[s:e, :, None, None] * m[:, None]).sum(dim=0)
+            total += (scores[s:e].T @ m.view(e - s, -1)).view_as(total)  # Σ_i f_t,i · M_i
         return total.cpu().numpy(), scores.sum(dim=0).double().cpu().numpy()
 
 
@@ -158,8 +159,14 @@ class CurveQuery(Query):
     def size(self) -> int:
         return len(self.counts)
 
+    def _key(self) -> tuple:
+        """The cache key of this map's pixel ranks: its content (an ``id`` could be reused by a later
+        query after this one failed without ``finish``, and would then get stale ranks)."""
+        sal = np.ascontiguousarray(self.saliency)
+        return ("rank", sal.shape, hashlib.sha1(sal.view(np.uint8).ravel()).hexdigest())
+
     def build(self, ctx, start, stop, out):
-        key = ("rank", id(self))
+        key = self._key()
         rank = ctx.cache.get(key)
         if rank is None:
             s = torch.as_tensor(np.ascontiguousarray(self.saliency), device=ctx.device).flatten()
@@ -174,5 +181,5 @@ class CurveQuery(Query):
         blend_into(out, ctx.fill(self.top), ctx.fill(self.base), keep_top)
 
     def finish(self, state, ctx):
-        ctx.cache.pop(("rank", id(self)), None)
+        ctx.cache.pop(self._key(), None)
         return super().finish(state, ctx)
