@@ -301,7 +301,9 @@ def ucb_argmax(post: Posterior, grid: StateGrid, prior: torch.Tensor, pyramid: d
         ri = (part[:, 0:1] + span).clamp_max(nr - 1)  # (M, T), the last index repeated at the border
         ci = (part[:, 1:2] + span).clamp_max(nc - 1)
         k = part[:, 2]
-        d2 = ar[ri][:, :, None, :] + ac[ci][:, None, :, :] + am[k][:, None, None, :]
+        n = ar.shape[1]
+        d2 = (ar.index_select(0, ri.flatten()).view(-1, t, 1, n) + ac.index_select(0, ci.flatten()).view(-1, 1, t, n)
+              ).add_(am.index_select(0, k)[:, None, None, :])
         kc = _matern_(d2.sqrt_())  # (M, T, T, n)
         mu, sd = post._from_cross(kc.view(-1, kc.shape[-1]))
         value = (mu + kappa * sd).view(kc.shape[:3]) + prior[ri[:, :, None], ci[:, None, :]]
@@ -349,7 +351,7 @@ def _block_bounds(post: Posterior, grid: StateGrid, blocks: torch.Tensor, t: int
     for s0 in range(0, len(blocks), BLOCK_CHUNK):
         b = blocks[s0 : s0 + BLOCK_CHUNK]
         tr, tc, k = b[:, 0] // t, b[:, 1] // t, b[:, 2]
-        d2 = rows[1][:, tr] + cols[1][:, tc] + m2[k]  # (3, M, n): nearest, farthest, centre
+        d2 = (rows[1].index_select(1, tr) + cols[1].index_select(1, tc)).add_(m2.index_select(0, k))  # (3, M, n)
         kmax, kmin, kc = _matern_(d2.sqrt_())
         delta = torch.maximum(kc - kmin, kmax - kc)
         v = kc @ post.chol_inv.T
