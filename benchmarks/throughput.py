@@ -9,6 +9,8 @@ Sections (each a small function that prints rows; add more with ``@section``):
   ratio to raw (goal >= 0.95); padding = forward rows that carried no query.
 - ``captum``: occlusion (window 32, stride 16) by Captum's ``Occlusion`` (default
   ``perturbations_per_eval=1``) vs ours on the same image and target (goal: ours >= 3x faster).
+- ``cam``: Grad-CAM, Grad-CAM++ and Score-CAM (1280 channels of the head) ours vs pytorch-grad-cam on
+  the same photo, class and layer (goal: Score-CAM >= 3x faster); rows come from ``cam_speed.py``.
 - ``ray``: the same jobs through RayExecutor (one actor per core) vs the raw forward rate of the
   same layout on the same cores (goal >= 0.9).
 
@@ -288,6 +290,26 @@ def captum_section(bench: Bench) -> None:
     row("captum", f"captum {what}", n, t_captum, note="perturbations_per_eval=1")
     row("captum", f"ours {what}", ours.n_forward, t_ours, ratio=t_captum / t_ours,
         note=f"speed-up over Captum (goal >= {CAPTUM_GOAL}); max |diff| {diff:.1e}")
+
+
+# ---------------------------------------------------------------- CAM family (issue 3)
+
+
+@section("cam")
+def cam_section(bench: Bench) -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from cam_speed import cam_section as cam_rows
+
+    layer = "_blocks.4" if bench.quick else "_bn1"
+    for r in cam_rows(bench.model, bench.image, "_bn1", layer, repeats=2 if bench.quick else 3,
+                      batch_size=bench.engine_opts.get("batch_size")):
+        note = f"max |diff| vs pytorch-grad-cam {r['diff']:.1e}" if "diff" in r else ""
+        if "speedup" in r:
+            note = f"ours {r['speedup']:.2f}x faster (Score-CAM goal >= 3)"
+        row("cam", r["what"], r["passes"], r["seconds"], r["rate"], r.get("speedup"), note)
 
 
 # ---------------------------------------------------------------- Ray (issue 5)
