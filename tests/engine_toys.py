@@ -8,38 +8,35 @@ from typing import Any
 
 import torch
 from torch import nn
+from toy_models import Linear
 
 from salient.engine.executor import Done, Lost
 
 
-class Slow(nn.Module):
-    """``Linear``-like logits, but each forward sleeps ``seconds`` (a slow worker)."""
+class Slow(Linear):
+    """``Linear`` logits, but each forward sleeps ``seconds`` (a slow worker)."""
 
     def __init__(self, seconds: float = 0.01, n_classes: int = 3, size: int = 32):
-        super().__init__()
-        g = torch.Generator().manual_seed(1)
+        super().__init__(n_classes, size, seed=1)
         self.seconds = seconds
-        self.weight = nn.Parameter(torch.randn(n_classes, 3, size, size, generator=g) / size)
 
     def forward(self, x):
         time.sleep(self.seconds)
-        return torch.einsum("nchw,kchw->nk", x, self.weight)
+        return super().forward(x)
 
 
-class Poison(nn.Module):
-    """``Linear``-like logits; raises RuntimeError when any input value exceeds ``limit`` (bad data that
+class Poison(Linear):
+    """``Linear`` logits; raises RuntimeError when any input value exceeds ``limit`` (bad data that
     breaks the model, not an ItemError)."""
 
     def __init__(self, limit: float = 50.0, n_classes: int = 3, size: int = 32):
-        super().__init__()
-        g = torch.Generator().manual_seed(2)
+        super().__init__(n_classes, size, seed=2)
         self.limit = limit
-        self.weight = nn.Parameter(torch.randn(n_classes, 3, size, size, generator=g) / size)
 
     def forward(self, x):
         if bool((x > self.limit).any()):
             raise RuntimeError("poisoned input")
-        return torch.einsum("nchw,kchw->nk", x, self.weight)
+        return super().forward(x)
 
 
 class Conv(nn.Module):
