@@ -15,6 +15,7 @@ from toy_models import Linear, toy
 import salient
 from salient.engine import Item, Task
 from salient.methods import Request, get_method
+from salient.methods.cam_score import distinct_channels
 
 REFERENCE = {"gradcam": GradCAM, "gradcampp": GradCAMPlusPlus, "scorecam": ScoreCAM}
 TOL = 1e-4
@@ -60,7 +61,7 @@ def test_real_model_gradient_cams_match_pytorch_grad_cam(real_engine, real_refer
 def test_real_model_scorecam_matches_pytorch_grad_cam(real_engine, real_reference_module, samples):
     img = samples["chelsea"]
     results = real_engine.explain(img, "scorecam", target="top2", layer="_blocks.4")  # 40 channels
-    assert results[0].n_forward == 1 + 1 + 40  # unmasked scores, activations, one pass per channel
+    assert 1 + 1 + 1 < results[0].n_forward <= 1 + 1 + 40  # unmasked scores, activations, a pass per distinct channel
     check_against_reference(results, "scorecam", real_reference_module, real_engine.model.preprocess(img))
 
 
@@ -206,6 +207,33 @@ def test_scorecam_is_batch_and_chunk_invariant():
     assert first.max() == pytest.approx(1.0, abs=1e-6)
     for m in maps.values():
         np.testing.assert_allclose(m, first, atol=1e-6, rtol=0)
+
+
+def test_distinct_channels_known_answer():
+    a = np.zeros((5, 2, 2), np.float32)
+    a[1] = 1.0
+    a[3] = 1.0
+    a[4, 0, 0] = -0.0  # bitwise distinct from +0: never merged by value
+    a[4] = np.copysign(a[4], -1.0)
+    distinct, inverse = distinct_channels(a)
+    assert len(distinct) == 3 and inverse.tolist() == [0, 1, 0, 1, 2]
+    np.testing.assert_array_equal(distinct[inverse], a)
+    assert np.signbit(distinct[2]).all()
+
+
+def test_scorecam_passes_dead_and_repeated_channels_once_with_the_same_map():
+    """6 of 11 channels are dead (ReLU of a large negative bias) and 2 copy another: 1 + 1 + 4 passes, pgc's map."""
+    net = conv_net()
+    conv = net[2]
+    with torch.no_grad():
+        conv.bias[5:] = -1e3
+        conv.weight[1], conv.bias[1] = conv.weight[0], conv.bias[0]
+        conv.weight[2], conv.bias[2] = conv.weight[0], conv.bias[0]
+    x = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(4))
+    with salient.Engine(toy(net), batch_size=4) as eng:
+        s = eng.explain(Item("x", x), "scorecam", target=2, chunk=3)
+    assert s.n_forward == 1 + 1 + 4  # unmasked scores, activations, channels {0=1=2, 3, 4, dead}
+    np.testing.assert_allclose(s.map, reference("scorecam", net, "3", x, [2])[0], atol=TOL, rtol=0)
 
 
 def test_scorecam_scores_raw_logits_whatever_the_model_score_kind():

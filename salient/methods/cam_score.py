@@ -6,7 +6,10 @@ s_k = y_c(I ⊙ H^k), the RAW logit; w = softmax_k(s); map as every CAM (:func:`
 One small white-box query reads A on the worker; the K masked passes are ordinary batched queries
 of channel ranges that carry their slice of A, so any worker builds the same masks from the query
 alone (sharding needs no shared state) and the map does not depend on how queries are packed.
-All targets share the K passes (pytorch-grad-cam repeats them per target).
+All targets share the K passes (pytorch-grad-cam repeats them per target), and channels whose
+activations are bitwise equal (dead ReLU channels, typically half of a head layer) share one pass:
+equal activations give equal inputs, and a sample's logits do not depend on its batch companions,
+so the map is bitwise the same as with one pass per channel.
 """
 
 from __future__ import annotations
@@ -72,6 +75,17 @@ class ScoreCamQuery(Query):
         out.copy_(ctx.x[None] * masks[:, None])
 
 
+def distinct_channels(acts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct, inverse): the bitwise-distinct channels of acts (K, *s), in order; acts == distinct[inverse]."""
+    rows = np.ascontiguousarray(acts).reshape(len(acts), -1)
+    keys = rows.view(np.dtype((np.void, rows.itemsize * rows.shape[1])))[:, 0]
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    order = np.argsort(first)  # unique's order is by bytes; keep the channels' own order
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return acts[first[order]], rank[inverse.reshape(-1)]
+
+
 @register("scorecam", signed=False)
 def scorecam(req: Request, layer: str = "", chunk: int = 64):
     """Score-CAM: ReLU(Σ_k softmax_k(y_c(I ⊙ H^k)) · A^k), min-max normalised, resized (as pytorch-grad-cam).
@@ -80,7 +94,8 @@ def scorecam(req: Request, layer: str = "", chunk: int = 64):
     if chunk < 1:
         raise SalientError("scorecam: chunk must be >= 1")
     ((label, acts, shape),) = yield [ActivationQuery(req.item, layer=str(layer))]
-    parts = [acts[s : s + chunk] for s in range(0, len(acts), chunk)]
+    distinct, inverse = distinct_channels(acts)
+    parts = [distinct[s : s + chunk] for s in range(0, len(distinct), chunk)]
     scores = yield [ScoreCamQuery(req.item, req.targets, acts=p) for p in parts]
-    weights = torch.from_numpy(np.concatenate(scores)).T.softmax(dim=-1)  # (T, K)
+    weights = torch.from_numpy(np.concatenate(scores)[inverse]).T.softmax(dim=-1)  # (T, K)
     return Maps(cam_maps(weights, torch.from_numpy(acts), shape), {"layer": label})
