@@ -33,13 +33,20 @@ Safety rules (one writer, nothing torn, nothing lost):
   chunks carry a CRC32C checksum, so a damaged shard fails loudly when read (a job's resume reads
   the shards it will rewrite, see :meth:`Store.verify`).
 - A map's table row is written only after its shard is on disk (and fsynced when ``durable``):
-  an ``ok`` row always has its map. Parquet parts are written to a hidden temp file, fsynced and
-  renamed, so a crash never leaves a torn part.
+  an ``ok`` row always has its map. Shard files are written to a temp name, fsynced, then renamed
+  (and the directory fsynced); Parquet parts likewise, so a crash never leaves a torn part.
+Writes run off the caller's thread (see :class:`_Writer`), a pipeline of three stages (encode the
+chunks on ``threads`` threads; lay out the shard and write its temp file; fsync and rename), each
+first in, first out, so a table part is written only after every shard submitted before it. The
+first error stops every later write and is raised by the next call on the store (and by
+``close``). A whole shard is encoded with the array's own codecs (its inner chunks through the
+sharding codec's codecs, then the sharding codec's own index and layout, see :class:`_ShardCodec`),
+byte-identical to ``arr[s0:s1] = data`` without zarr's per-chunk asyncio tasks. An array grows
+(its ``zarr.json``, synced too) with the part holding rows past its end.
 Compression: Blosc lz4 with byte shuffle by default (``zstd``, or ``none`` for the fastest writes),
-always followed by the CRC32C checksum. Writes are synchronous on the driver (a whole shard at a
-time); benchmarks/store_write.py measures the rate.
+always followed by the CRC32C checksum; benchmarks/store_write.py measures rate and ratio of each.
 Memory: one buffer of ``shard_items`` maps per method per shard that has a live item (usually one
-or two), plus ``flush_rows`` table rows.
+or two), plus ``flush_rows`` table rows, plus at most a few shards queued for writing.
 """
 
 from __future__ import annotations
@@ -47,10 +54,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
+import threading
 import time
 import uuid
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,7 +70,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
-from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+from zarr.abc.codec import SupportsSyncCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ShardingCodec, ZstdCodec
+from zarr.core.array_spec import ArrayConfig, ArraySpec
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
 
 from ..errors import SalientError
 from ..saliency import Saliency
@@ -117,6 +131,184 @@ def _fsync(path: Path, directory: bool = False) -> None:
         os.close(fd)
 
 
+def _makedirs(d: Path) -> list[Path]:
+    """``mkdir -p d``; returns the directories it created, outermost first."""
+    new = []
+    while not d.is_dir():
+        new.append(d)
+        d = d.parent
+    for n in reversed(new):
+        n.mkdir(exist_ok=True)
+    return new[::-1]
+
+
+def _atomic_steps(path: Path, tmp: Path, write: Callable[[Path], Any], durable: bool) -> Iterator[None]:
+    """``write(tmp)``; yield; fsync it, rename it to ``path``, fsync the directory (and the parents
+    of any directory it created): a crash leaves the old file or the new one, never part of one.
+    Abandoned at the yield (closed), it removes the temp file."""
+    new = _makedirs(path.parent)
+    try:
+        write(tmp)
+        yield
+        if durable:
+            _fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if durable:
+        for d in dict.fromkeys([path.parent, *(n.parent for n in new)]):
+            _fsync(d, directory=True)
+
+
+def _write_atomic(path: Path, tmp: Path, write: Callable[[Path], Any], durable: bool) -> None:
+    for _ in _atomic_steps(path, tmp, write, durable):
+        pass
+
+
+class _ShardCodec:
+    """Whole shards of ``arr`` encoded by the array's own codecs, in two steps: :meth:`chunks`
+    encodes each inner chunk through the sharding codec's inner codecs (zarr's synchronous codec
+    protocol, ``SupportsSyncCodec``; on as many threads as ``map`` uses), :meth:`shard` lays them
+    out with the sharding codec's own index (``_encode_shard_dict``). Chunks equal to the fill
+    value (all NaN) are left out, so the bytes equal what ``arr[s0:s1] = rows`` writes, without
+    zarr's per-chunk asyncio tasks (3x the cost of encoding them). :meth:`make` returns None when
+    the array's codecs or layout don't allow this (then zarr's array API writes)."""
+
+    def __init__(self, arr: zarr.Array, sharding: ShardingCodec):
+        self.sh, self.inner, self.chunk = sharding, tuple(sharding.codecs), tuple(sharding.chunk_shape)
+        self.per_shard = tuple(s // c for s, c in zip(arr.shards, self.chunk, strict=True))
+        self.proto = default_buffer_prototype()
+        self.specs = [ArraySpec(shape=self.chunk, dtype=arr.metadata.data_type, fill_value=arr.metadata.fill_value,
+                                config=ArrayConfig(order="C", write_empty_chunks=False), prototype=self.proto)]
+        for c in self.inner[:-1]:
+            self.specs.append(c.resolve_metadata(self.specs[-1]))
+
+    @classmethod
+    def make(cls, arr: zarr.Array) -> _ShardCodec | None:
+        codecs = arr.metadata.codecs
+        if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec) or not arr.shards:
+            return None
+        sh = codecs[0]
+        if (not all(isinstance(c, SupportsSyncCodec) for c in sh.codecs) or not hasattr(sh, "_encode_shard_dict")
+                or tuple(arr.shards[1:]) != tuple(arr.shape[1:]) or sh.chunk_shape[0] != 1
+                or not np.isnan(float(arr.metadata.fill_value))):
+            return None
+        return cls(arr, sh)
+
+    def _one(self, block: np.ndarray) -> Any:
+        if np.isnan(block.flat[0]) and np.isnan(block).all():
+            return None
+        x = self.proto.nd_buffer.from_numpy_array(block)
+        for c, spec in zip(self.inner, self.specs, strict=True):
+            x = c._encode_sync(x, spec)
+        return x
+
+    def chunks(self, rows: np.ndarray, map_fn: Callable[[Callable, list], list] = lambda f, xs: [f(x) for x in xs]
+               ) -> dict[tuple[int, ...], Any]:
+        """The encoded inner chunks of a shard whose first ``len(rows)`` items are ``rows`` (items
+        past the array's end are not stored), by chunk coordinates within the shard."""
+        coords = [c for c in np.ndindex(*self.per_shard) if c[0] < len(rows)]
+        blocks = [rows[tuple(slice(i * n, (i + 1) * n) for i, n in zip(c, self.chunk, strict=True))] for c in coords]
+        return {c: b for c, b in zip(coords, map_fn(self._one, blocks), strict=True) if b is not None}
+
+    def shard(self, chunks: dict[tuple[int, ...], Any]) -> Any:
+        """The shard's bytes (buffer-like), or None when no chunk is stored (no shard file)."""
+        out = sync(self.sh._encode_shard_dict(chunks, chunks_per_shard=self.per_shard, buffer_prototype=self.proto))
+        return None if out is None else out.as_buffer_like()
+
+
+class _Writer:
+    """Store writes off the caller's thread, in submission order, in three stages: encode, write
+    the file, make it durable and visible (fsync, rename) -- so encoding, writing and the wait for
+    the disk of consecutive shards overlap. A job is a generator: ``submit(job)``; stage ``i`` runs
+    it to its ``i``-th ``yield`` (or its end) and passes it on. Each stage is first in, first out,
+    so a job's last step runs after the last step of every job submitted before it that had one
+    at that stage or before: a table part, whose last step is at the last stage, is written after
+    every shard submitted before it. :meth:`map` spreads encoding over ``threads`` threads. The
+    first error skips every later step (no row is written after a failed shard; abandoned jobs
+    remove their temp files) and is raised by :meth:`check`, which the store calls on each
+    operation. ``depth`` bounds each stage's queue (memory: a caller ahead of the disk waits).
+    ``threads=0``: jobs run on the caller, errors raise at once."""
+
+    STAGES = 3
+
+    def __init__(self, threads: int, depth: int = 2):
+        self.threads = max(0, int(threads))
+        self.error: BaseException | None = None
+        self._pool = ThreadPoolExecutor(self.threads - 1, "salient-store") if self.threads > 1 else None
+        self._queues: list[queue.Queue] = [queue.Queue(depth) for _ in range(self.STAGES if self.threads else 0)]
+        self._threads = [threading.Thread(target=self._run, args=(i,), name=f"salient-store-{i}", daemon=True)
+                         for i in range(len(self._queues))]
+        for t in self._threads:
+            t.start()
+
+    def map(self, fn: Callable[[Any], Any], items: list) -> list:
+        """``[fn(x) for x in items]``, in ``threads`` contiguous parts on this thread and the pool's."""
+        if self._pool is None or len(items) < 2:
+            return [fn(x) for x in items]
+        cuts = np.linspace(0, len(items), min(self.threads, len(items)) + 1).astype(int)
+        parts = [items[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+        futures = [self._pool.submit(lambda part=part: [fn(x) for x in part]) for part in parts[1:]]
+        return [fn(x) for x in parts[0]] + [y for f in futures for y in f.result()]
+
+    def submit(self, job: Iterator[None]) -> None:
+        self.check()
+        if self._queues:
+            self._queues[0].put(job)
+            return
+        try:
+            for _ in job:
+                pass
+        except BaseException as exc:
+            self.error = exc
+            if not isinstance(exc, Exception):
+                raise
+            self.check()
+
+    def _run(self, stage: int) -> None:
+        q, last = self._queues[stage], stage == len(self._queues) - 1
+        while True:
+            job = q.get()
+            try:
+                if job is None:
+                    if not last:
+                        self._queues[stage + 1].put(None)
+                    return
+                if self.error is None:
+                    if last:  # this step and any left
+                        for _ in job:
+                            pass
+                    elif next(job, StopIteration) is not StopIteration:
+                        self._queues[stage + 1].put(job)
+            except BaseException as exc:  # noqa: BLE001 - raised on the caller by check()
+                self.error = self.error or exc
+            finally:
+                job = None  # an abandoned job is closed here (its temp file removed)
+                q.task_done()
+
+    def join(self) -> None:
+        """Wait until everything submitted so far is written (or skipped after an error)."""
+        for q in self._queues:
+            q.join()
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise SalientError(f"store: a write failed ({type(self.error).__name__}: {self.error}); "
+                               "nothing after it was written, resume redoes it") from self.error
+
+    def close(self) -> None:
+        """Finish what was submitted, stop the threads."""
+        if self._queues:
+            self._queues[0].put(None)
+            for t in self._threads:
+                t.join()
+            self._queues, self._threads = [], []
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+
 class _Lock:
     """An exclusive advisory lock on ``OUT/.lock``; the kernel drops it when the process dies."""
 
@@ -164,6 +356,22 @@ class _Stack:
     map_shape: tuple[int, ...]
     shard: int
     buffers: dict[int, _Buffer] = field(default_factory=dict)
+    codec: _ShardCodec | None = None
+    length: int = 0  # the array's length once every submitted write is done (the writer resizes)
+    spare: list[np.ndarray] = field(default_factory=list)  # written shard buffers, for reuse
+
+    def __post_init__(self) -> None:
+        self.codec = _ShardCodec.make(self.arr)
+        self.length = self.arr.shape[0]
+
+    def new_buffer(self) -> np.ndarray:
+        data = self.spare.pop() if self.spare else np.empty((self.shard, *self.item_shape), np.float32)
+        data.fill(np.nan)
+        return data
+
+    def recycle(self, data: np.ndarray) -> None:
+        if len(self.spare) < 2 and data.shape[0] == self.shard:
+            self.spare.append(data)
 
     @property
     def item_shape(self) -> tuple[int, ...]:
@@ -182,11 +390,16 @@ class Store:
     ``position`` is the item's place in the source order: it is the row of the map in
     ``maps/<method>``, so a resumed or reordered run fills the same rows. Without it, items get the
     positions after everything already in the store (appending).
+
+    Writes run on background threads, encoding on ``threads`` of them (0: everything on the
+    caller's thread); ``flush()`` and ``close()`` return once everything added before them is on
+    disk, and raise if a write failed (so does the next call after a failure). Read the arrays
+    (:meth:`stack`) after ``flush()``.
     """
 
     def __init__(self, out: str | os.PathLike, model_id: str = "", spec: dict | None = None, flush_rows: int = 256,
                  *, shard_items: int = SHARD_ITEMS, checkpoint_seconds: float = 60.0, compressor: str = "lz4",
-                 durable: bool = True, attrs: dict[str, Any] | None = None):
+                 durable: bool = True, attrs: dict[str, Any] | None = None, threads: int = 2):
         if shard_items < 1 or flush_rows < 1:
             raise SalientError("store: shard_items and flush_rows must be >= 1")
         self.out = Path(out)
@@ -195,6 +408,7 @@ class Store:
         self._lock = _Lock(self.out / ".lock")
         try:
             self._open(model_id, spec, flush_rows, shard_items, checkpoint_seconds, compressor, durable, attrs or {})
+            self._writer = _Writer(threads)
         except BaseException:
             self._lock.release()
             raise
@@ -225,7 +439,8 @@ class Store:
         self._resolved: dict[str, dict[int, set[int]]] = {}
         self._method_attrs: dict[str, dict[str, Any]] = {}
         self._rows: list[dict[str, Any]] = []
-        self._unsynced: set[Path] = set()
+        self._unsynced: set[Path] = set()  # written by this thread, synced before the next part
+        self._meta_unsynced: set[Path] = set()  # written by the writer (its last stage only), likewise
         self._seq = 0
         self._hi = max((s.arr.shape[0] for s in self._stacks.values()), default=0)  # positions covered
         self._next_auto: int | None = None
@@ -322,27 +537,64 @@ class Store:
     def _buffer(self, stack: _Stack, shard: int) -> _Buffer:
         buf = stack.buffers.get(shard)
         if buf is None:
-            data = np.full((stack.shard, *stack.item_shape), np.nan, dtype=np.float32)
-            s0, n = shard * stack.shard, stack.arr.shape[0]
-            if n > s0:  # keep what an earlier run or session wrote into this shard
-                data[: min(n, s0 + stack.shard) - s0] = stack.arr[s0 : s0 + stack.shard]
+            data = stack.new_buffer()
+            s0 = shard * stack.shard
+            if stack.length > s0:  # keep what an earlier run or session wrote into this shard
+                self._drain()  # a write of it may be on its way
+                data[: min(stack.length, s0 + stack.shard) - s0] = stack.arr[s0 : s0 + stack.shard]
             buf = stack.buffers[shard] = _Buffer(data)
         return buf
 
-    def _write_shard(self, stack: _Stack, shard: int, buf: _Buffer) -> None:
-        """Write one whole shard (rows up to the last position known), then release its rows."""
+    def _array_dir(self, arr: zarr.Array) -> Path:
+        return self.out / ZARR_NAME / arr.path
+
+    def _write_shard(self, stack: _Stack, shard: int, buf: _Buffer, live: bool = False) -> None:
+        """Submit one whole shard (rows up to the last position known), then release its rows: the
+        part holding them is submitted later, so it is written after the shard. ``live``: the
+        buffer stays in use (a checkpoint), so the writer gets a copy."""
         s0 = shard * stack.shard
-        hi = min(s0 + stack.shard, max(self._hi, stack.arr.shape[0]))
-        if stack.arr.shape[0] < hi:
-            stack.arr.resize((hi, *stack.item_shape))
-        with zarr.config.set({"codec_pipeline.batch_size": stack.shard}):  # encode the shard's chunks together
-            stack.arr[s0:hi] = buf.data[: hi - s0]
-        if self.durable:
-            key = stack.arr.metadata.encode_chunk_key((shard,) + (0,) * (stack.arr.ndim - 1))
-            self._unsynced.add(self.out / ZARR_NAME / stack.arr.path / key)
+        hi = min(s0 + stack.shard, max(self._hi, stack.length))
+        stack.length = max(stack.length, hi)
+        key = stack.arr.metadata.encode_chunk_key((shard,) + (0,) * (stack.arr.ndim - 1))
+        data = buf.data.copy() if live else buf.data
+        self._writer.submit(self._shard_job(stack, s0, hi, data, self._array_dir(stack.arr) / key))
         buf.dirty = False
         self._rows.extend(buf.rows)
         buf.rows = []
+
+    def _shard_job(self, stack: _Stack, s0: int, hi: int, data: np.ndarray, path: Path) -> Iterator[None]:
+        """The writer's job for rows ``s0:hi`` (one shard) of ``data``: encode its chunks (stage 1),
+        lay out the shard and write the temp file (2), fsync and rename it (3); the next part grows
+        the array to cover it. Without a :class:`_ShardCodec`, zarr's array API grows the array and
+        writes the shard in stage 1."""
+        durable, writer, codec, arr = self.durable, self._writer, stack.codec, stack.arr
+        tmp = path.with_suffix(f".{uuid.uuid4().hex}.partial")  # zarr's temp names (cleaned at open)
+        grown, box = False, [None]
+        try:
+            if codec is None:
+                grown = arr.shape[0] < hi
+                if grown:
+                    arr.resize((hi, *arr.shape[1:]))
+                with zarr.config.set({"codec_pipeline.batch_size": hi - s0}):
+                    arr[s0:hi] = data[: hi - s0]
+            else:
+                box[0] = codec.chunks(data[: hi - s0], writer.map)
+        finally:
+            stack.recycle(data)  # encoded: the chunks are copies
+        yield
+        if codec is not None:
+            box[0] = codec.shard(box[0])
+        if box[0] is not None:
+            yield from _atomic_steps(path, tmp, lambda t: t.write_bytes(box.pop()), durable)
+            return
+        yield
+        if codec is not None:  # every map is NaN (the fill value): no shard file, as zarr does
+            path.unlink(missing_ok=True)
+        elif durable:
+            _fsync(path)
+            _fsync(path.parent, directory=True)
+            if grown:
+                self._meta_unsynced.add(self._array_dir(arr) / "zarr.json")
 
     def _write_odd(self, item_id: str, method: str, group: list[Saliency], maps: np.ndarray) -> None:
         """Maps whose size differs from the stacked array: ``items/<key>/<method>``, shape (K, ...)."""
@@ -357,6 +609,9 @@ class Store:
                                    "item_id": item_id, "target": [g.target for g in group],
                                    "label": [g.label for g in group]}),
         )
+        if self.durable:  # synced before the part holding its rows
+            node = self.out / ZARR_NAME / "items" / item_key(item_id) / method
+            self._unsynced.update([node.parent, *node.rglob("*")])
 
     # -- rows
     @staticmethod
@@ -370,13 +625,15 @@ class Store:
     def add(self, item_id: str, source: str, results: list[Saliency], position: int | None = None,
             extra: dict[str, Any] | None = None) -> None:
         """Store the maps of one item (one Saliency per target, any methods) and their ok rows."""
+        self._writer.check()
         pos = self._position(position)
         meta = self._meta(extra)
         groups: dict[str, list[Saliency]] = {}
         for s in results:
             groups.setdefault(s.method, []).append(s)
         for method, group in groups.items():
-            maps = np.stack([np.asarray(s.map, dtype=np.float32) for s in group])
+            maps = (np.asarray(group[0].map, dtype=np.float32)[None] if len(group) == 1
+                    else np.stack([np.asarray(s.map, dtype=np.float32) for s in group]))
             stack = self._stacks.get(method) or self._create_stack(method, group[0], maps)
             stacked = stack.fits(maps)
             if not stacked:
@@ -400,6 +657,7 @@ class Store:
     def add_error(self, item_id: str, source: str, method: str, error: str, position: int | None = None,
                   extra: dict[str, Any] | None = None, n_forward: int = 0, seconds: float = 0.0) -> None:
         """One ``error`` row for (item, method) with a one-line reason; its map rows stay NaN."""
+        self._writer.check()
         pos = self._position(position)
         reason = " ".join(str(error).split()) or "error"
         self._rows.append({"item_id": item_id, "index": -1, "source": source, "method": method, "target": None,
@@ -415,6 +673,7 @@ class Store:
 
     def skip(self, position: int, method: str) -> None:
         """An item an earlier run completed: nothing to write, but its shard may now be complete."""
+        self._writer.check()
         self._resolve(method, int(position))
 
     # -- checks for a resume
@@ -424,6 +683,7 @@ class Store:
         stack = self._stacks.get(method)
         if stack is None:
             return []
+        self._drain()
         bad = []
         for shard in sorted(set(shards)):
             s0 = shard * stack.shard
@@ -443,37 +703,70 @@ class Store:
     # -- table
     def _maybe_flush(self) -> None:
         if time.monotonic() - self._last_checkpoint >= self.checkpoint_seconds:
-            self.flush()
+            self._checkpoint()
         elif len(self._rows) >= self.flush_rows:
             self._write_part()
 
     def _write_part(self) -> None:
+        """Submit the released rows as one part; the writer writes it after every shard submitted
+        before it, first syncing what this thread wrote (resized array metadata, odd-size maps)."""
         if not self._rows:
             return
-        for path in sorted(self._unsynced):  # maps reach the disk before the rows that point at them
-            _fsync(path)
-        for d in {p.parent for p in self._unsynced}:
-            _fsync(d, directory=True)
-        self._unsynced.clear()
         table = pa.Table.from_pylist(self._rows, schema=RESULT_SCHEMA)
         self._seq += 1
-        name = f"part-r{self.run:04d}-{self._seq:06d}-{uuid.uuid4().hex[:8]}.parquet"
-        _write_table_atomic(table, self.out / "results" / name, self.durable)
+        path = self.out / "results" / f"part-r{self.run:04d}-{self._seq:06d}-{uuid.uuid4().hex[:8]}.parquet"
+        synced, durable, meta = sorted(self._unsynced), self.durable, self._meta_unsynced
+        self._unsynced = set()
+        lengths = [(s.arr, s.length) for s in self._stacks.values()]
+
+        def commit() -> None:
+            for arr, n in lengths:  # rows of this part may sit past the arrays' ends
+                if arr.shape[0] < n:
+                    arr.resize((n, *arr.shape[1:]))
+                    meta.add(self._array_dir(arr) / "zarr.json")
+            synced.extend(sorted(meta) if durable else ())
+            meta.clear()
+            for q in synced:
+                _fsync(q, directory=q.is_dir())
+            for d in dict.fromkeys(q.parent for q in synced):
+                _fsync(d, directory=True)
+            _write_table_atomic(table, path, durable)
+
+        def steps() -> Iterator[None]:
+            yield
+            yield
+            commit()  # in the last stage: after every shard submitted before
+
+        self._writer.submit(steps())
         self._rows = []
         self._wrote_rows = True
 
-    def flush(self) -> None:
-        """Checkpoint: write every shard that has new maps (whole), then every released row."""
+    def _checkpoint(self) -> None:
+        """Submit every shard that has new maps (whole), then every released row."""
         for stack in self._stacks.values():
             for shard, buf in stack.buffers.items():
                 if buf.dirty or buf.rows:
-                    self._write_shard(stack, shard, buf)
+                    self._write_shard(stack, shard, buf, live=True)
         self._write_part()
         self._last_checkpoint = time.monotonic()
 
+    def _drain(self) -> None:
+        """Wait for the writer; then every array has the length of the shards written into it."""
+        self._writer.join()
+        self._writer.check()
+        for stack in self._stacks.values():
+            if stack.arr.shape[0] < stack.length:
+                stack.arr.resize((stack.length, *stack.item_shape))
+
+    def flush(self) -> None:
+        """Checkpoint: write every shard that has new maps (whole), then every released row; return
+        once they are on disk."""
+        self._checkpoint()
+        self._drain()
+
     def close(self) -> None:
         """Write everything buffered, give every map array the same length, drop superseded rows,
-        consolidate metadata, release the lock."""
+        consolidate metadata, release the lock. Raises if a write failed."""
         if self.closed:
             return
         try:
@@ -482,6 +775,7 @@ class Store:
                 stack.buffers.clear()
                 if stack.arr.shape[0] < self._hi:
                     stack.arr.resize((self._hi, *stack.item_shape))
+                    stack.length = self._hi
             if self._parts_at_open and self._wrote_rows:
                 compact_results(self.out, self.durable)
             with warnings.catch_warnings():  # "consolidated metadata is not in the v3 spec (yet)"
@@ -489,6 +783,7 @@ class Store:
                 zarr.consolidate_metadata(self.out / ZARR_NAME)
         finally:
             self.closed = True
+            self._writer.close()
             self._lock.release()
 
     def __enter__(self) -> Store:
@@ -499,13 +794,7 @@ class Store:
 
 
 def _write_table_atomic(table: pa.Table, path: Path, durable: bool = True) -> None:
-    tmp = path.parent / f".{path.stem}.tmp"
-    pq.write_table(table, tmp)
-    if durable:
-        _fsync(tmp)
-    os.replace(tmp, path)
-    if durable:
-        _fsync(path.parent, directory=True)
+    _write_atomic(path, path.parent / f".{path.stem}.tmp", lambda tmp: pq.write_table(table, tmp), durable)
 
 
 def _parts(out: str | os.PathLike) -> list[Path]:
