@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import torch
 from toy_models import Region, toy
 
 import salient
-from salient.errors import SalientError
+from salient.errors import ItemError, SalientError
 from salient.kernels.boxes import box_mean
 from salient.methods import BoxQuery, ItemContext, Request, ScoreQuery, get_method
 from salient.methods import borex as bx
@@ -188,6 +189,32 @@ def test_ucb_argmax_is_the_dense_argmax(ls):
         assert (ri, ci, k) == (rest // 4, c_ref, rest % 4)
         assert value == pytest.approx(float(order[i]), abs=1e-12)
         assert evaluated < states.shape[0]
+
+
+def test_batched_posteriors_and_searches_equal_each_member_alone():
+    rng = np.random.default_rng(11)
+    geo = bx.Geometry.of((90, 74), bx.Options(
+        50, bx.SIZES, 10.0, 5.0, (1, 1, 0.5), (12, 12, 10), (1, 20), 0.01, 0.1, 1, 2, 1, True, "zero"))
+    grid = geo.grid
+    nr, nc, _ = grid.shape
+    n = 9
+    x = torch.tensor(np.stack([np.column_stack([rng.uniform(0, 224, n), rng.uniform(0, 224, n),
+                                                rng.choice(bx.SIZES, n)]) for _ in range(5)]))
+    y = torch.tensor(np.tanh(rng.normal(size=(5, n))))
+    ls = torch.tensor(rng.uniform(2.0, 20.0, (5, 3)))
+    prior = torch.tensor(rng.normal(size=(5, nr, nc))).cumsum(1).cumsum(2) * 0.01
+    batched = gm.Posterior.fit(x, y, ls, 0.01)
+    pyramid = grid.prior_pyramid(prior)
+    found = gm.ucb_argmax(batched, grid, prior, pyramid, 10.0)
+    for b in range(5):
+        alone = gm.Posterior.fit(x[b], y[b], ls[b], 0.01)
+        for field in ("chol", "chol_inv", "alpha"):
+            assert torch.equal(getattr(batched, field)[b], getattr(alone, field)), field
+        own = grid.prior_pyramid(prior[b])
+        assert all(torch.equal(pyramid[t][b], own[t]) for t in own)
+        state, value, _ = gm.ucb_argmax(alone, grid, prior[b], own, 10.0)
+        assert found[b][:2] == (state, value)  # the same state and the same value, bit for bit
+    assert len({f[0] for f in found}) > 1
 
 
 def test_ucb_ties_go_to_the_first_state_in_the_authors_order():
@@ -401,11 +428,43 @@ def test_batched_gps_equal_one_at_a_time(region):
     tops = [int(np.argmax(s)) for s in scores]
     reqs = [Request(it.id, it.size, (t,), s[[t]], 3) for it, s, t in zip(items, scores, tops, strict=True)]
     maps = bx.run_batch(region.executor.evaluate, reqs, **params)
+    overlapped = bx.run_batch(region.executor.evaluate, reqs, groups=2, **params)  # 3 + 2 requests, overlapped
     for it in items:
         region.executor.release(it.id)
-    for single, batched in zip(singles, maps, strict=True):
+    for single, batched, other in zip(singles, maps, overlapped, strict=True):
         np.testing.assert_allclose(batched[0], single, rtol=1e-6, atol=1e-7)
+        assert np.array_equal(other, batched)
     assert not np.allclose(maps[0], maps[1])
+
+
+def test_overlapped_driver_runs_one_evaluation_at_a_time_in_order_and_stops_on_failure():
+    def gen(name, rounds, closed):
+        try:
+            got = []
+            for r in range(rounds):
+                got.append((yield [f"{name}{r}"]))
+            return got
+        finally:
+            closed.append(name)
+
+    asked: list = []
+    closed: list = []
+
+    def evaluate(queries):
+        asked.append(queries[0])
+        return [q.upper() for q in queries]
+
+    out = bx.drive_overlapped([gen("a", 3, closed), gen("b", 2, closed)], evaluate)
+    assert out == [[["A0"], ["A1"], ["A2"]], [["B0"], ["B1"]]]
+    assert asked == ["a0", "b0", "a1", "b1", "a2"]  # b's step runs while a's queries are evaluated, and so on
+    closed.clear()
+
+    def failing(queries):
+        return [SimpleNamespace(item="b", reason="b: broken")] if queries == ["b1"] else queries
+
+    with pytest.raises(ItemError, match="b: broken"):
+        bx.drive_overlapped([gen("a", 5, closed), gen("b", 5, closed)], failing)
+    assert sorted(closed) == ["a", "b"]  # every generator is closed
 
 
 def test_determinism_under_a_seed(region, image):

@@ -41,11 +41,13 @@ iterations (and always at the last), ``fill`` ("zero", "blur", "black", "mean", 
 Design: a method is a generator per request, so the engine batches the keep/delete queries of many
 items into full forward batches, but each request fits its own GP. ``borex_batch(reqs, ...)`` is a
 generator over several requests that fits all their GPs as one batched gpytorch GP
-(``batch_shape=(B,)``) per iteration; every member (request, target) keeps its own seed, data and
-optimiser state, so it returns the same maps as one-at-a-time runs (a test checks it). Nothing is
-shared between calls: no module state. The scheduler's tasks hold one item each, so
-:func:`run_batch` drives it with a synchronous ``evaluate(queries)`` (an executor's, items held;
-benchmarks/borex_quality.py spreads each round over all workers). The GP arithmetic runs on one
+(``batch_shape=(B,)``) and runs their acquisitions as one batched search per iteration; every
+member (request, target) keeps its own seed, data and optimiser state, so it returns the same maps
+as one-at-a-time runs (a test checks it). Nothing is shared between calls: no module state. The
+scheduler's tasks hold one item each, so :func:`run_batch` drives it with a synchronous
+``evaluate(queries)`` (an executor's, items held; benchmarks/borex_quality.py spreads each round
+over all workers), optionally as several batched GPs whose GP work overlaps the others' forward
+passes (``groups``, :func:`drive_overlapped`). The GP arithmetic runs on one
 CPU thread (``torch.set_num_threads(1)`` between two yields, restored before yielding; the
 engine's workers set their own): its tensors are small and several threads only contend.
 Results record the prior and its parameters (``prior``, ``prior.<name>``), the fitted length
@@ -55,6 +57,7 @@ scales, and the engine counts the forward passes: the prior's plus 2·q·iterati
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -166,11 +169,25 @@ def borex_batch(reqs: Sequence[Request], method: str = "borex", **params: Any) -
     return (yield from _refine(list(reqs), priors, _prior_params(prior, nested) if method == "borex" else {}, opts))
 
 
-def run_batch(evaluate: Callable[[list], list], reqs: Sequence[Request], method: str = "borex",
+def run_batch(evaluate: Callable[[list], list], reqs: Sequence[Request], method: str = "borex", groups: int = 1,
               **params: Any) -> list[np.ndarray]:
     """:func:`borex_batch` driven by a synchronous ``evaluate(queries) -> results``, e.g. a local
-    executor's ``evaluate`` with the requests' items held."""
-    return drive(borex_batch(reqs, method, **params), evaluate)
+    executor's ``evaluate`` with the requests' items held.
+
+    ``groups`` > 1 splits the requests into that many batched GPs (contiguous, near-equal) whose GP
+    work overlaps the forward passes of the others (:func:`drive_overlapped`: ``evaluate`` then runs
+    in a helper thread, one call at a time). It pays where the GP would otherwise leave cores idle;
+    on a CPU whose cores all run forward passes, the GP competes with them instead. The maps are the
+    same for any ``groups``."""
+    if groups <= 1 or len(reqs) < 2:
+        return drive(borex_batch(reqs, method, **params), evaluate)
+    prior = params.pop("prior", "rise") if method == "borex" else None
+    cuts = np.linspace(0, len(reqs), min(groups, len(reqs)) + 1).round().astype(int)
+    per_request = not isinstance(prior, str) and prior is not None and _is_sequence_of_maps(prior, len(reqs))
+    gens = [borex_batch(reqs[a:b], method, **params, **(
+            {"prior": list(prior[a:b]) if per_request else prior} if method == "borex" else {}))
+            for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+    return [maps for part in drive_overlapped(gens, evaluate) for maps in part]
 
 
 def drive(gen: Generator, evaluate: Callable[[list], list]) -> Any:
@@ -182,10 +199,54 @@ def drive(gen: Generator, evaluate: Callable[[list], list]) -> Any:
         except StopIteration as stop:
             return stop.value
         value = evaluate(list(queries)) if queries else []
-        failed = next((r for r in value if hasattr(r, "reason") and hasattr(r, "item")), None)
-        if failed is not None:
+        try:
+            _raise_failure(value)
+        except ItemError:
             gen.close()
-            raise ItemError(failed.reason)
+            raise
+
+
+def drive_overlapped(gens: Sequence[Generator], evaluate: Callable[[list], list]) -> list:
+    """Run several query generators round-robin so that each one's work between two yields (a BOREx GP
+    step) overlaps the evaluation of the others' queries: ``evaluate`` runs in one helper thread, one
+    call at a time, in the order the queries were yielded. Returns the generators' values in order; a
+    failed query raises its ItemError (every generator is closed)."""
+    out: list[Any] = [None] * len(gens)
+    pending: dict[int, Future] = {}
+    live = list(range(len(gens)))
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="salient-evaluate") as pool:
+            while live:
+                for i in list(live):
+                    value = None
+                    if i in pending:
+                        value = pending.pop(i).result()
+                        _raise_failure(value)
+                    try:
+                        queries = gens[i].send(value)
+                    except StopIteration as stop:
+                        out[i] = stop.value
+                        live.remove(i)
+                        continue
+                    pending[i] = pool.submit(evaluate, list(queries)) if queries else _done([])
+    finally:
+        for fut in pending.values():
+            fut.cancel()
+        for gen in gens:
+            gen.close()
+    return out
+
+
+def _done(value: Any) -> Future:
+    fut: Future = Future()
+    fut.set_result(value)
+    return fut
+
+
+def _raise_failure(results: list) -> None:
+    failed = next((r for r in results if hasattr(r, "reason") and hasattr(r, "item")), None)
+    if failed is not None:
+        raise ItemError(failed.reason)
 
 
 def _is_sequence_of_maps(prior: Any, n: int) -> bool:
@@ -334,6 +395,7 @@ def _refine(reqs: list[Request], priors: list[Any], prior_params: dict[str, Any]
             members.append(Member(i, t, p, geo, np.random.default_rng([int(req.seed) % 2**63, t])))
     ls0 = torch.tensor([opts.lengthscale] * len(members), dtype=F64)
     ls = ls0.clone()
+    groups = _groups(members)
     with _one_thread():
         plan = [_start(m, opts) for m in members]
     for it in range(1, opts.iterations + 1):
@@ -358,16 +420,35 @@ def _refine(reqs: list[Request], priors: list[Any], prior_params: dict[str, Any]
             if it % opts.refit_every == 0 or it == opts.iterations:
                 ls, _ = fit_lengthscales(x, y, opts.noise, ls if opts.warm_start else ls0, opts.bounds,
                                          unit_first_step=not opts.warm_start)
+            post = Posterior.fit(x, y, ls, opts.noise)
             for b, m in enumerate(members):
-                m.post = Posterior.fit(x[b], y[b], ls[b], opts.noise)
+                m.post = post.member(b)
             if it < opts.iterations:
-                plan = [_choose(m, m.post, opts) for m in members]
+                plan = [None] * len(members)
+                for idx, grid, prior, pyramid in groups:
+                    chosen = _choose([members[b] for b in idx.tolist()], post.take(idx), grid, prior, pyramid, opts)
+                    for b, choice in zip(idx.tolist(), chosen, strict=True):
+                        plan[b] = choice
     with _one_thread():
         out = [np.zeros((len(r.targets), *r.size)) for r in reqs]
         for m in members:
             out[m.req][m.t] = final_map(m.post, m.prior, m.geo)
     return [Maps(o, _record(priors[i], prior_params, [m for m in members if m.req == i]))
             for i, o in enumerate(out)]
+
+
+def _groups(members: list[Member]) -> list[tuple[torch.Tensor, StateGrid, torch.Tensor, dict]]:
+    """Members of the same candidate grid, whose acquisitions run as one batch: (indices, grid, priors
+    (B, nr, nc), their block maxima {T: (B, ., .)})."""
+    by_geo: dict[int, list[int]] = {}
+    for b, m in enumerate(members):
+        by_geo.setdefault(id(m.geo), []).append(b)
+    out = []
+    for idx in by_geo.values():
+        ms = [members[b] for b in idx]
+        out.append((torch.tensor(idx), ms[0].geo.grid, torch.stack([m.cand_prior for m in ms]),
+                    {t: torch.stack([m.pyramid[t] for m in ms]) for t in ms[0].pyramid}))
+    return out
 
 
 def _start(m: Member, opts: Options) -> tuple[list, list]:
@@ -378,24 +459,31 @@ def _start(m: Member, opts: Options) -> tuple[list, list]:
     rec = m.geo.coords(*first)
     if opts.q == 1:
         return [first], [rec]
-    post = Posterior.fit(torch.tensor(rec[None]), torch.zeros(1, dtype=F64), torch.tensor(opts.lengthscale), opts.noise)
-    states, recorded = _choose(m, post, opts, q=opts.q - 1)
+    post = Posterior.fit(torch.tensor(rec[None, None]), torch.zeros((1, 1), dtype=F64),
+                         torch.tensor([opts.lengthscale]), opts.noise)
+    pyramid = {t: p[None] for t, p in m.pyramid.items()}
+    ((states, recorded),) = _choose([m], post, m.geo.grid, m.cand_prior[None], pyramid, opts, q=opts.q - 1)
     return [first, *states], [rec, *recorded]
 
 
-def _choose(m: Member, post: Posterior, opts: Options, q: int | None = None) -> tuple[list, list]:
-    """q states by UCB: each recorded with jitter, later ones with σ conditioned on the earlier (believer)."""
-    states, recorded = [], []
+def _choose(members: list[Member], post: Posterior, grid: StateGrid, prior: torch.Tensor, pyramid: dict,
+            opts: Options, q: int | None = None) -> list[tuple[list, list]]:
+    """q states per member by UCB (all members of one grid in one batched search, ``post`` batched):
+    each recorded with jitter, later ones with σ conditioned on the earlier (believer)."""
+    out: list[tuple[list, list]] = [([], []) for _ in members]
     q = opts.q if q is None else q
     for j in range(q):
-        (ri, ci, k), _, _ = ucb_argmax(post, m.geo.grid, m.cand_prior, m.pyramid, opts.kappa)
-        state = (int(m.geo.grid.row_px[ri]), int(m.geo.grid.col_px[ci]), k)
-        rec = m.geo.coords(*state) + m.rng.standard_normal(3) * np.asarray(opts.jitter)
-        states.append(state)
-        recorded.append(rec)
+        recs = []
+        best = ucb_argmax(post, grid, prior, pyramid, opts.kappa)
+        for m, (states, recorded), ((ri, ci, k), _, _) in zip(members, out, best, strict=True):
+            state = (int(grid.row_px[ri]), int(grid.col_px[ci]), k)
+            rec = m.geo.coords(*state) + m.rng.standard_normal(3) * np.asarray(opts.jitter)
+            states.append(state)
+            recorded.append(rec)
+            recs.append(rec)
         if j + 1 < q:
-            post = post.believe(torch.tensor(rec))
-    return states, recorded
+            post = post.believe(torch.tensor(np.array(recs)))
+    return out
 
 
 def final_map(post: Posterior, prior: np.ndarray, geo: Geometry) -> np.ndarray:

@@ -15,7 +15,8 @@ no output scale), as the BOREx authors' scikit-learn ``Matern(nu=1.5)`` with ``a
 - Posterior (:class:`Posterior`): L = chol(K + noise·I), α = (K + noise·I)⁻¹ y; at any point
   μ(x) = k(x)ᵀα and σ²(x) = 1 − ‖L⁻¹k(x)‖², the latent variance (noise excluded, as scikit-learn's
   ``predict``). :meth:`Posterior.believe` conditions σ on pending points (kriging believer: the
-  mean does not move).
+  mean does not move). One posterior may hold B members with the same number of observations
+  (leading batch dimension), fitted and searched together.
 - UCB argmax over a grid of states (:func:`ucb_argmax`): a(x) = P(x) + μ(x) + κ·σ(x) over every
   (row, column, size), exactly, without evaluating every state (the authors predict all 200,704
   states at 224 px each iteration). The grid is cut into blocks of 16 x 16 positions per size;
@@ -25,8 +26,10 @@ no output scale), as the BOREx authors' scikit-learn ``Matern(nu=1.5)`` with ``a
   surviving 4 x 4 blocks are evaluated state by state in decreasing order of their bound until no
   bound reaches the best value. The bounds carry a margin above rounding, so the result is the
   argmax of the dense computation (ties: the first state in the authors' candidate order, column,
-  then row, then size); a few per cent of the states are evaluated. Work runs in chunks (large
-  temporaries cost page faults).
+  then row, then size); a few per cent of the states are evaluated. The blocks of all members of a
+  batch form one list, so each step is a few tensor operations for all of them; a state's value is
+  computed by the same arithmetic in any batch (the same maps batched or one at a time). Work runs
+  in chunks (large temporaries cost page faults).
 Everything is float64.
 """
 
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 
@@ -180,7 +184,8 @@ def fit_lengthscales(x: torch.Tensor, y: torch.Tensor, noise: float, start: torc
 
 @dataclass
 class Posterior:
-    """The GP of one member given observations x (n, D) with residuals y (n,): see the module docstring."""
+    """The GP of one member given observations x (n, D) with residuals y (n,), see the module docstring;
+    or of B members at once: every field with a leading batch dimension (x (B, n, D), ls (B, D), ...)."""
 
     x: torch.Tensor
     ls: torch.Tensor
@@ -191,28 +196,47 @@ class Posterior:
 
     @classmethod
     def fit(cls, x: torch.Tensor, y: torch.Tensor, ls: torch.Tensor, noise: float) -> Posterior:
+        """Single (x (n, D), y (n,), ls (D,)) or batched (leading dimension B); a member's arithmetic is the
+        same in both (batched Cholesky and triangular solve, α by matrix-vector products per member)."""
         x, y, ls = x.to(F64), y.to(F64), ls.to(F64)
-        k = matern32(_scaled_dist(x, x, ls)) + noise * torch.eye(x.shape[0], dtype=F64)
+        eye = torch.eye(x.shape[-2], dtype=F64)
+        k = matern32(_scaled_dist(x, x, ls)) + noise * eye
         chol = torch.linalg.cholesky(k)
-        eye = torch.eye(x.shape[0], dtype=F64)
-        chol_inv = torch.linalg.solve_triangular(chol, eye, upper=False)
-        alpha = chol_inv.T @ (chol_inv @ y)
+        chol_inv = torch.linalg.solve_triangular(chol, eye.expand_as(chol), upper=False)
+        if x.dim() == 2:
+            alpha = chol_inv.T @ (chol_inv @ y)
+        else:
+            alpha = torch.stack([li.T @ (li @ yi) for li, yi in zip(chol_inv, y, strict=True)])
         return cls(x, ls, noise, chol, chol_inv, alpha)
+
+    @classmethod
+    def stack(cls, posts: Sequence[Posterior]) -> Posterior:
+        """One batched posterior of single members with the same number of observations."""
+        return cls(*(torch.stack([getattr(p, f) for p in posts]) for f in ("x", "ls")), posts[0].noise,
+                   *(torch.stack([getattr(p, f) for p in posts]) for f in ("chol", "chol_inv", "alpha")))
+
+    def member(self, b: int) -> Posterior:
+        """Member b of a batched posterior (views)."""
+        return Posterior(self.x[b], self.ls[b], self.noise, self.chol[b], self.chol_inv[b], self.alpha[b])
+
+    def take(self, idx: torch.Tensor) -> Posterior:
+        """The members ``idx`` of a batched posterior."""
+        return Posterior(self.x[idx], self.ls[idx], self.noise, self.chol[idx], self.chol_inv[idx], self.alpha[idx])
 
     def cross(self, xc: torch.Tensor) -> torch.Tensor:
         """k(xc, X): (m, n)."""
         return matern32(_scaled_dist(xc.to(F64), self.x, self.ls))
 
     def predict(self, xc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior mean and standard deviation of f at xc (m, D)."""
-        return self._from_cross(self.cross(xc))
-
-    def _from_cross(self, kc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and standard deviation of f at xc (m, D) (single member)."""
+        kc = self.cross(xc)
         v = kc @ self.chol_inv.T
         return kc @ self.alpha, (1.0 - (v * v).sum(-1)).clamp_min(0.0).sqrt()
 
     def believe(self, xp: torch.Tensor) -> Posterior:
-        """Condition σ on a pending point xp (D,) observed at its own mean (μ is unchanged)."""
+        """Condition σ on a pending point xp (D,) observed at its own mean (μ is unchanged); batched: xp (B, D)."""
+        if self.x.dim() == 3:
+            return Posterior.stack([self.member(b).believe(xp[b]) for b in range(len(xp))])
         xp = xp.to(F64).view(1, -1)
         kp = self.cross(xp)[0]
         lrow = self.chol_inv @ kp
@@ -227,7 +251,7 @@ class Posterior:
 
 
 def _scaled_dist(a: torch.Tensor, b: torch.Tensor, ls: torch.Tensor) -> torch.Tensor:
-    diff = (a[:, None, :] - b[None, :, :]) / ls
+    diff = (a[..., :, None, :] - b[..., None, :, :]) / ls[..., None, None, :]
     return torch.sqrt((diff * diff).sum(-1))
 
 
@@ -258,72 +282,111 @@ class StateGrid:
         return out
 
     def prior_pyramid(self, prior: torch.Tensor) -> dict[int, torch.Tensor]:
-        """Max of the prior (nr, nc) on the candidates of each block, per block side: {T: (⌈nr/T⌉, ⌈nc/T⌉)}."""
-        p = prior.to(F64)[None, None]
-        return {t: torch.nn.functional.max_pool2d(p, t, t, ceil_mode=True)[0, 0] for t in self.levels()}
+        """Max of the prior (..., nr, nc) on the candidates of each block, per block side:
+        {T: (..., ⌈nr/T⌉, ⌈nc/T⌉)}."""
+        p = prior.to(F64)
+        flat = p.reshape(-1, 1, *p.shape[-2:])
+        return {t: torch.nn.functional.max_pool2d(flat, t, t, ceil_mode=True).view(*p.shape[:-2], *(
+            -(-d // t) for d in p.shape[-2:])) for t in self.levels()}
 
 
 def ucb_argmax(post: Posterior, grid: StateGrid, prior: torch.Tensor, pyramid: dict[int, torch.Tensor],
-               kappa: float) -> tuple[tuple[int, int, int], float, int]:
+               kappa: float) -> tuple[tuple[int, int, int], float, int] | list:
     """Exact argmax of P + μ + κσ over the grid: ((row index, col index, size index), value, states evaluated).
 
     ``prior`` (nr, nc) holds P at the candidate rows and columns, ``pyramid`` its block maxima. Blocks
     whose upper bound (:func:`_block_bounds`) is below the best value seen are dropped, the others are
-    halved, down to leaf blocks whose states are all evaluated; the first of equal maxima in the
-    authors' order (column, row, size) wins. Work runs in chunks that stay in cache."""
+    halved, down to leaf blocks whose states are evaluated in decreasing order of their bound until no
+    bound reaches the best value; the first of equal maxima in the authors' order (column, row, size) wins.
+
+    Batched: ``post`` of B members, ``prior`` (B, nr, nc), ``pyramid`` {T: (B, ., .)}: a list of B such
+    results, each member's the same as its own call (every state's value is computed by the same
+    arithmetic; the bounds only decide which states are evaluated). The blocks of all members form one
+    list (member, first row, first col, size), so each step is a few tensor operations for all members."""
+    if post.x.dim() == 2:
+        batched = Posterior.stack([post])
+        return ucb_argmax(batched, grid, prior[None], {t: p[None] for t, p in pyramid.items()}, kappa)[0]
+    nb = post.x.shape[0]
     nr, nc, nk = grid.shape
     top = grid.top
     r0, c0, k = torch.meshgrid(torch.arange(0, nr, top), torch.arange(0, nc, top), torch.arange(nk), indexing="ij")
-    blocks = torch.stack([r0.flatten(), c0.flatten(), k.flatten()], dim=1)
-    best = -math.inf
+    one = torch.stack([r0.flatten(), c0.flatten(), k.flatten()], dim=1)
+    blocks = torch.cat([torch.arange(nb).repeat_interleave(len(one))[:, None], one.repeat(nb, 1)], dim=1)
+    best = torch.full((nb,), -math.inf, dtype=F64)
     for t in grid.levels():
         ub, centre = _block_bounds(post, grid, blocks, t, prior, pyramid[t], kappa)
-        best = max(best, float(centre.max()))
-        blocks, ub = blocks[ub >= best], ub[ub >= best]
+        best = best.scatter_reduce(0, blocks[:, 0], centre, "amax")
+        keep = ub >= best[blocks[:, 0]]
+        blocks, ub = blocks[keep], ub[keep]
         if t > grid.leaf:
             h = t // 2
-            offsets = torch.tensor([[0, 0, 0], [h, 0, 0], [0, h, 0], [h, h, 0]])
-            blocks = (blocks[:, None, :] + offsets[None]).view(-1, 3)
-            blocks = blocks[(blocks[:, 0] < nr) & (blocks[:, 1] < nc)]
+            offsets = torch.tensor([[0, 0, 0, 0], [0, h, 0, 0], [0, 0, h, 0], [0, h, h, 0]])
+            blocks = (blocks[:, None, :] + offsets).view(-1, 4)
+            blocks = blocks[(blocks[:, 1] < nr) & (blocks[:, 2] < nc)]
+    return _evaluate_leaves(post, grid, prior, blocks, ub, kappa)
+
+
+def _evaluate_leaves(post: Posterior, grid: StateGrid, prior: torch.Tensor, blocks: torch.Tensor, ub: torch.Tensor,
+                     kappa: float) -> list[tuple[tuple[int, int, int], float, int]]:
+    """Every state of each member's leaf blocks (M, 4), in decreasing order of their bounds ub (M,), chunk by
+    chunk until the member's next bound is below its best value; ties to the smallest key (column, row,
+    size). A member with fewer blocks left than a chunk repeats its last one (the same states again)."""
+    nb = post.x.shape[0]
+    nr, nc, nk = grid.shape
     order = torch.argsort(ub, descending=True, stable=True)
+    order = order[torch.argsort(blocks[order, 0], stable=True)]  # by member, then decreasing bound
     blocks, ub = blocks[order], ub[order]
+    count = torch.bincount(blocks[:, 0], minlength=nb)
+    start = torch.cumsum(count, 0) - count
     x, ls = post.x, post.ls
-    ar = ((grid.rows[:, None] - x[:, 0]) / ls[0]).square_()  # (nr, n)
-    ac = ((grid.cols[:, None] - x[:, 1]) / ls[1]).square_()
-    am = ((grid.sizes[:, None] - x[:, 2]) / ls[2]).square_()
-    best, best_key, best_state = -math.inf, math.inf, (0, 0, 0)
-    pos, evaluated, t = 0, 0, grid.leaf
+    n = x.shape[1]
+    ar = ((grid.rows[None, :, None] - x[:, None, :, 0]) / ls[:, None, None, 0]).square_().view(-1, n)  # (B·nr, n)
+    ac = ((grid.cols[None, :, None] - x[:, None, :, 1]) / ls[:, None, None, 1]).square_().view(-1, n)
+    am = ((grid.sizes[None, :, None] - x[:, None, :, 2]) / ls[:, None, None, 2]).square_().view(-1, n)
+    best = torch.full((nb,), -math.inf, dtype=F64)
+    best_key = torch.full((nb,), math.inf, dtype=F64)
+    evaluated = torch.zeros(nb, dtype=torch.long)
+    t = grid.leaf
     span = torch.arange(t)
     chunk = max(1, LEAF_CHUNK // (t * t))
-    while pos < len(blocks) and ub[pos] >= best:
-        part = blocks[pos : pos + chunk]
+    pos = 0
+    while True:
+        live = (pos < count) & (ub[(start + pos).clamp_max(len(ub) - 1)] >= best)
+        if not live.any():
+            break
+        bi = torch.nonzero(live)[:, 0]
+        left = (count[bi] - pos).clamp_max(chunk)
+        idx = start[bi, None] + pos + torch.minimum(torch.arange(int(left.max())), left[:, None] - 1)
+        part = blocks[idx]  # (A, C, 4)
         pos += chunk
-        ri = (part[:, 0:1] + span).clamp_max(nr - 1)  # (M, T), the last index repeated at the border
-        ci = (part[:, 1:2] + span).clamp_max(nc - 1)
-        k = part[:, 2]
-        n = ar.shape[1]
-        d2 = (ar.index_select(0, ri.flatten()).view(-1, t, 1, n) + ac.index_select(0, ci.flatten()).view(-1, 1, t, n)
-              ).add_(am.index_select(0, k)[:, None, None, :])
-        kc = _matern_(d2.sqrt_())  # (M, T, T, n)
-        mu, sd = post._from_cross(kc.view(-1, kc.shape[-1]))
-        value = (mu + kappa * sd).view(kc.shape[:3]) + prior[ri[:, :, None], ci[:, None, :]]
-        evaluated += value.numel()
-        top_value = float(value.max())
-        if top_value < best:
-            continue
-        key = ((ci[:, None, :] * nr + ri[:, :, None]) * nk + k[:, None, None]).to(F64)
-        tied = value == top_value
-        kmin = float(torch.where(tied, key, math.inf).min())
-        if top_value > best or kmin < best_key:
-            flat = int(torch.nonzero((tied & (key == kmin)).flatten())[0, 0])
-            m_i, a_i, b_i = np.unravel_index(flat, value.shape)
-            best, best_key = top_value, kmin
-            best_state = (int(ri[m_i, a_i]), int(ci[m_i, b_i]), int(k[m_i]))
-    return best_state, best, evaluated
+        na, m = part.shape[:2]
+        ri = (part[..., 1:2] + span).clamp_max(nr - 1)  # (A, C, T), the last index repeated at the border
+        ci = (part[..., 2:3] + span).clamp_max(nc - 1)
+        k = part[..., 3]
+        d2 = (ar.index_select(0, (bi[:, None, None] * nr + ri).flatten()).view(na, m, t, 1, n)
+              + ac.index_select(0, (bi[:, None, None] * nc + ci).flatten()).view(na, m, 1, t, n)
+              ).add_(am.index_select(0, (bi[:, None] * nk + k).flatten()).view(na, m, 1, 1, n))
+        kc = _matern_(d2.sqrt_()).view(na, -1, n)  # (A, C·T·T, n)
+        v = torch.bmm(kc, post.chol_inv[bi].mT)
+        mu = torch.stack([kc[j] @ post.alpha[b] for j, b in enumerate(bi.tolist())])  # as a single member's
+        sd = (1.0 - (v * v).sum(-1)).clamp_min(0.0).sqrt()
+        value = (mu + kappa * sd).view(na, m, t, t) + prior[bi[:, None, None, None], ri[..., None], ci[..., None, :]]
+        evaluated[bi] += left * (t * t)
+        top = value.flatten(1).amax(1)
+        key = ((ci[:, :, None, :] * nr + ri[..., None]) * nk + k[..., None, None]).to(F64)
+        kmin = torch.where(value == top[:, None, None, None], key, math.inf).flatten(1).amin(1)
+        was, was_key = best[bi], best_key[bi]
+        win = (top > was) | ((top == was) & (kmin < was_key))
+        best[bi], best_key[bi] = torch.where(win, top, was), torch.where(win, kmin, was_key)
+    out = []
+    for b in range(nb):
+        key = int(best_key[b])
+        out.append((((key // nk) % nr, key // (nk * nr), key % nk), float(best[b]), int(evaluated[b])))
+    return out
 
 
-LEAF_CHUNK = 2048  # states per exact-evaluation chunk
-BLOCK_CHUNK = 1024  # blocks per bound chunk (few Python calls, temporaries of a few MB at most)
+LEAF_CHUNK = 512  # states per member per exact-evaluation chunk
+BLOCK_CHUNK = 1024  # blocks per bound chunk, members together (temporaries of a few MB at most)
 
 
 def _matern_(d: torch.Tensor) -> torch.Tensor:
@@ -335,45 +398,63 @@ def _matern_(d: torch.Tensor) -> torch.Tensor:
 
 def _block_bounds(post: Posterior, grid: StateGrid, blocks: torch.Tensor, t: int, prior: torch.Tensor,
                   block_max: torch.Tensor, kappa: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Upper bounds of a = P + μ + κσ on blocks (M, 3) of side t given by (first row, first col, size),
-    and a at one state of each (its centre c). With k_j ∈ [k_min,j, k_max,j] on the block (from the
-    distance range to observation j), δ_j = max(k_j(c) − k_min,j, k_max,j − k_j(c)), A = (K + noise·I)⁻¹:
-    μ ≤ min(μ(c) + Σ|α_j|·δ_j, Σ max(α_j·k_max,j, α_j·k_min,j)); with s = kᵀAk (σ² = 1 − s) and A ⪰ 0,
-    s(x) ≥ s(c) + 2·(A·k(c))ᵀ(k(x) − k(c)) ≥ s(c) − 2·|A·k(c)|ᵀδ, and s ≥ k_min,j² / (1 + noise) for
-    every j (the variance given observation j alone); P ≤ the block's max."""
+    """Upper bounds of a = P + μ + κσ on blocks (M, 4) of side t given by (member, first row, first col, size),
+    and a at one state of each (its centre c): (M,) each. With k_j ∈ [k_min,j, k_max,j] on the block (from
+    the distance range to observation j) and A = (K + noise·I)⁻¹: μ = Σ α_j·k_j ≤ Σ max(α_j·k_max,j,
+    α_j·k_min,j); with s = kᵀAk (σ² = 1 − s), A ⪰ 0 and w = A·k(c) (wᵀk(c) = s(c)),
+    s(x) ≥ s(c) + 2·wᵀ(k(x) − k(c)) ≥ 2·Σ_j min(w_j·k_min,j, w_j·k_max,j) − s(c), and s ≥ k_min,j² / (1 + noise)
+    for every j (the variance given observation j alone); P ≤ the block's max. The blocks are sorted by member."""
+    nb, n = post.x.shape[:2]
+    nk = grid.shape[2]
     x, ls, a = post.x, post.ls, post.alpha
-    rows, cols = _axis_terms(grid.rows, t, x[:, 0], ls[0]), _axis_terms(grid.cols, t, x[:, 1], ls[1])
-    m2 = ((grid.sizes[:, None] - x[:, 2]) / ls[2]).square_()  # (K, n)
-    a_pos, a_neg, a_abs = a.clamp_min(0.0), a.clamp_max(0.0), a.abs()
-    margin = 1e-10 * (1.0 + kappa + float(a_abs.sum()) + float(block_max.abs().max()))
+    (rc, rows), (cc, cols) = (_axis_terms(grid.rows, t, x[..., 0], ls[:, 0]),
+                              _axis_terms(grid.cols, t, x[..., 1], ls[:, 1]))  # (3, B, nt, n)
+    ntr, ntc = rows.shape[2], cols.shape[2]
+    m2 = ((grid.sizes[None, :, None] - x[:, None, :, 2]) / ls[:, None, None, 2]).square_()  # (B, K, n)
+    # 3·d² (Matern's √3 folded in): rows and sizes summed once per member, (3, B·nt·K, n), and columns
+    rows_sizes = (rows[:, :, :, None, :] + m2[None, :, None, :, :]).mul_(3.0).view(3, -1, n)
+    cols = cols.mul(3.0).view(3, -1, n)
+    rhs = torch.cat([post.chol_inv.mT, a[..., None]], dim=-1)  # k(c) @ rhs = (L⁻¹k(c), μ(c))
+    a_pos, a_neg = a.clamp_min(0.0), a.clamp_max(0.0)
+    margin = 1e-10 * (1.0 + kappa + a.abs().sum(1) + block_max.abs().flatten(1).amax(1))
     ub = torch.empty(len(blocks), dtype=F64)
     centre = torch.empty(len(blocks), dtype=F64)
     for s0 in range(0, len(blocks), BLOCK_CHUNK):
         b = blocks[s0 : s0 + BLOCK_CHUNK]
-        tr, tc, k = b[:, 0] // t, b[:, 1] // t, b[:, 2]
-        d2 = (rows[1].index_select(1, tr) + cols[1].index_select(1, tc)).add_(m2.index_select(0, k))  # (3, M, n)
-        kmax, kmin, kc = _matern_(d2.sqrt_())
-        delta = torch.maximum(kc - kmin, kmax - kc)
-        v = kc @ post.chol_inv.T
+        mem, tr, tc, k = b[:, 0], b[:, 1] // t, b[:, 2] // t, b[:, 3]
+        sd = rows_sizes.index_select(1, (mem * ntr + tr) * nk + k).add_(cols.index_select(1, mem * ntc + tc)).sqrt_()
+        e = torch.neg(sd).exp_()
+        kmax, kmin, kc = e.addcmul_(sd, e)  # (1 + √3d)·exp(−√3d), (3, m, n)
+        vm = torch.empty((len(b), n + 1), dtype=F64)
+        w = torch.empty((len(b), n), dtype=F64)
+        mu_ub = torch.empty(len(b), dtype=F64)
+        i = 0
+        for j, c in zip(*(v.tolist() for v in torch.unique_consecutive(mem, return_counts=True)), strict=True):
+            seg = slice(i, i + c)
+            torch.mm(kc[seg], rhs[j], out=vm[seg])
+            torch.mm(vm[seg, :n], post.chol_inv[j], out=w[seg])  # A·k(c)
+            mu_ub[seg] = kmax[seg] @ a_pos[j] + kmin[seg] @ a_neg[j]
+            i += c
+        v, mu_c = vm[:, :n], vm[:, n]
         s = (v * v).sum(-1)
-        w = (v @ post.chol_inv).abs_()  # |A·k(c)|
-        mu_c = kc @ a
-        mu_ub = torch.minimum(mu_c + delta @ a_abs, kmax @ a_pos + kmin @ a_neg)
-        s_lb = torch.maximum(s - 2.0 * (w.mul_(delta)).sum(-1), kmin.square_().amax(-1) / (1.0 + post.noise))
-        ub[s0 : s0 + BLOCK_CHUNK] = (block_max[tr, tc] + mu_ub
-                                     + kappa * (1.0 - s_lb + 1e-12).clamp_min(0.0).sqrt() + margin)
-        centre[s0 : s0 + BLOCK_CHUNK] = prior[rows[0][tr], cols[0][tc]] + mu_c + kappa * (1.0 - s).clamp_min(0.0).sqrt()
+        lin = (w.clamp_min(0.0) * kmin).sum(-1) + (w.clamp_max(0.0) * kmax).sum(-1)
+        s_lb = torch.maximum(2.0 * lin - s, kmin.square_().amax(-1) / (1.0 + post.noise))
+        ub[s0 : s0 + len(b)] = (block_max[mem, tr, tc] + mu_ub
+                                + kappa * (1.0 - s_lb + 1e-12).clamp_min(0.0).sqrt() + margin[mem])
+        centre[s0 : s0 + len(b)] = prior[mem, rc[tr], cc[tc]] + mu_c + kappa * (1.0 - s).clamp_min(0.0).sqrt()
     return ub, centre
 
 
 def _axis_terms(coords: torch.Tensor, t: int, xj: torch.Tensor, ls: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per run of t consecutive candidates along one axis: the index of its centre (nt,) and the squared
-    scaled distances (3, nt, n) to each observation: nearest point, farthest point, centre."""
+    scaled distances (3, B, nt, n) to each observation xj (B, n) of each member (length scale ls (B,)):
+    nearest point, farthest point, centre."""
     n = len(coords)
     first = torch.arange(0, n, t)
     last = (first + t).clamp_max(n) - 1
     centre = torch.minimum(first + t // 2, last)
+    xj, ls = xj[:, None, :], ls[:, None, None]
     lo, hi = (coords[first, None] - xj) / ls, (coords[last, None] - xj) / ls
     near = torch.where(lo > 0, lo, torch.where(hi < 0, -hi, torch.zeros_like(lo)))
     far = torch.maximum(lo.abs(), hi.abs())
