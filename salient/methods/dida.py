@@ -26,13 +26,13 @@ def paint_cells(size: tuple[int, int], g: int, values: np.ndarray) -> np.ndarray
 
 @register("dida", signed=True)
 def dida(req: Request, grids: tuple = DIDA_GRIDS, weights: tuple = DIDA_WEIGHTS, fill: str = "black",
-         chunk: int = 16):
+         chunk: int = 4):
     """DiDA: D = Σ_g w_g · D_g, D_g painting d_ij = f_k(I) − f_k(I with cell (i, j) filled black)
     on cell (i, j) of a g x g grid. Positive: the cell supports class k; negative: it argues against.
     Cost: 1 + Σ g² forward passes (1737 at the defaults). The cells of all grids are asked for in
-    queries of ``chunk`` cells: 16 fills whole batches of any power-of-two size (the engine packs
-    small queries together), so only the last query can leave padded rows, and one image's cells
-    spread evenly over several workers."""
+    queries of ``chunk`` cells: the engine packs small queries into whole batches of any size, so
+    only the last query can leave padded rows, and 4 keeps every worker busy to an image's end (a
+    worker's last unit of work is at most a few cells)."""
     grids = tuple(int(g) for g in grids)
     weights = tuple(float(w) for w in weights)
     if not grids or len(grids) != len(weights):

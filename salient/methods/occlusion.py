@@ -21,12 +21,12 @@ def _pair(v: tuple, name: str) -> tuple[int, int]:
 
 @register("occlusion", signed=True)
 def occlusion(req: Request, window: tuple = (32, 32), stride: tuple = (16, 16), baseline: float = 0.0,
-              chunk: int = 16):
+              chunk: int = 4):
     """Occlusion: attribution(x) = mean over windows covering x of f_c(I) − f_c(I, window := baseline).
 
     Windows, strides and baseline (a value in normalised space, covering all channels) as Captum's
     ``Occlusion(sliding_window_shapes=(C, h, w), strides=(C, sh, sw), baselines=b)``: ceil((H-h)/sh)+1
-    positions per axis, the last clipped at the border. Queries hold ``chunk`` windows each (16: see
+    positions per axis, the last clipped at the border. Queries hold ``chunk`` windows each (4: see
     DiDA's ``chunk``)."""
     window, stride = _pair(window, "window"), _pair(stride, "stride")
     if window[0] > req.size[0] or window[1] > req.size[1]:

@@ -96,9 +96,10 @@ class ScoreQuery(Query):
 
 @dataclass(frozen=True)
 class RiseQuery(Query):
-    """``n`` RISE masks of chunk ``chunk``: result is (Σ_i f_t(X_i) · M_i as float32 (T, H, W),
-    Σ_i f_t(X_i) as (T,)) with X_i = I ⊙ M_i + fill ⊙ (1 - M_i). The sum runs over mask blocks of
-    fixed size in index order, so it does not depend on the worker's batch size."""
+    """Masks ``start:stop`` (default all ``n``) of the ``n`` RISE masks of chunk ``chunk``: result is
+    (Σ_i f_t(X_i) · M_i as float32 (T, H, W), Σ_i f_t(X_i) as (T,)) with X_i = I ⊙ M_i + fill ⊙ (1 - M_i).
+    The sum runs over mask blocks of fixed size in index order, so it does not depend on the worker's
+    batch size."""
 
     seed: int = 0
     chunk: int = 0
@@ -107,12 +108,20 @@ class RiseQuery(Query):
     p: float = 0.5
     fill: str | float = "zero"
     block: int = 50
+    start: int = 0
+    stop: int | None = None
+
+    def _range(self) -> tuple[int, int]:
+        return self.start, self.n if self.stop is None else self.stop
 
     def size(self) -> int:
-        return self.n
+        lo, hi = self._range()
+        return hi - lo
 
     def _masks(self, ctx, start, stop):
-        return rise_masks(self.seed, self.chunk, self.n, self.cells, self.p, ctx.size, ctx.device, start, stop)
+        lo = self._range()[0]
+        return rise_masks(self.seed, self.chunk, self.n, self.cells, self.p, ctx.size, ctx.device, lo + start,
+                          lo + stop)
 
     def build(self, ctx, start, stop, out):
         blend_into(out, ctx.x, ctx.fill(self.fill), self._masks(ctx, start, stop))
@@ -120,8 +129,9 @@ class RiseQuery(Query):
     def finish(self, state, ctx):
         scores = torch.cat(state).to(ctx.device)  # (n, T)
         total = torch.zeros((len(self.targets), *ctx.size), dtype=torch.float32, device=ctx.device)
-        for s in range(0, self.n, self.block):
-            e = min(s + self.block, self.n)
+        n = self.size()
+        for s in range(0, n, self.block):
+            e = min(s + self.block, n)
             m = self._masks(ctx, s, e)
             total += (scores[s:e].T @ m.view(e - s, -1)).view_as(total)  # Σ_i f_t,i · M_i
         return total.cpu().numpy(), scores.sum(dim=0).double().cpu().numpy()

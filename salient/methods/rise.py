@@ -11,6 +11,8 @@ from ..kernels import check_fill
 from .base import Request, register
 from .queries import RiseQuery
 
+QUERY_MASKS = 16
+
 
 @register("rise", signed=False)
 def rise(
@@ -22,25 +24,25 @@ def rise(
     Same masks as the authors' code (eclique/RISE) up to the random stream; the masked image is
     I ⊙ M + fill ⊙ (1 - M) with fill 0 in normalised space, as theirs. ``debiased`` returns
     Σ f·(M − p) / (N·p·(1−p)) instead (signed in principle; values near 0 mean no effect).
-    A query holds ``chunk`` masks and returns their partial sums (one map per target): 128 is a
-    multiple of every power-of-two batch size up to 128 (no padded batch rows but the last chunk's)
-    and makes enough queries to keep several workers busy on one image.
+    Masks are drawn ``chunk`` at a time; each query holds ``QUERY_MASKS`` consecutive masks of a
+    chunk and returns their partial sums (one map per target), summed here in mask order. 16 is a
+    multiple of every power-of-two batch size up to 16 (the engine packs small queries into fuller
+    batches) and small enough that an image's last queries keep every worker busy to the end.
     """
     if n_masks < 1 or cells < 1 or chunk < 1:
         raise SalientError("rise: n_masks, cells and chunk must be >= 1")
     if not 0.0 < p < 1.0 if debiased else not 0.0 < p <= 1.0:
         raise SalientError(f"rise: p must lie in (0, 1{')' if debiased else ']'}, got {p}")
     fill = check_fill(fill)
-    n_chunks = math.ceil(n_masks / chunk)
-    queries = [
-        RiseQuery(req.item, req.targets, seed=req.seed, chunk=i, n=min(chunk, n_masks - i * chunk),
-                  cells=cells, p=p, fill=fill)
-        for i in range(n_chunks)
-    ]
+    queries = []
+    for i in range(math.ceil(n_masks / chunk)):
+        n = min(chunk, n_masks - i * chunk)
+        queries += [RiseQuery(req.item, req.targets, seed=req.seed, chunk=i, n=n, cells=cells, p=p, fill=fill,
+                              start=s, stop=min(s + QUERY_MASKS, n)) for s in range(0, n, QUERY_MASKS)]
     partial = yield queries
     weighted = np.zeros((len(req.targets), *req.size), dtype=np.float64)
     score_sum = np.zeros(len(req.targets), dtype=np.float64)
-    for w, s in partial:  # in chunk order: the sum does not depend on who computed what
+    for w, s in partial:  # in mask order: the sum does not depend on who computed what
         weighted += w
         score_sum += s
     if debiased:
