@@ -36,7 +36,7 @@ import torch
 
 import salient
 from salient.engine.local import cpu_count
-from salient.engine.worker import pick_device
+from salient.engine.worker import CPU_BATCH_SIZE, pick_device
 from salient.kernels import grid_cells, sliding_windows
 from salient.methods import BoxQuery, ItemContext, RiseQuery
 
@@ -173,7 +173,7 @@ def build_section(bench: Bench) -> None:
     """Per-input costs inside a worker at the engine's batch size: masked-input building and reduction,
     against the forward of the same batch (1 intra-op thread on CPU, as the engine's workers)."""
     dev, model = bench.device, bench.model
-    b = int(bench.engine_opts.get("batch_size") or 8)
+    b = int(bench.engine_opts.get("batch_size") or (CPU_BATCH_SIZE if dev.type == "cpu" else 8))
     x = model.preprocess(bench.image).to(dev)
     ctx = ItemContext("bench", x, model.black(dev))
     size = ctx.size

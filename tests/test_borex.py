@@ -140,28 +140,108 @@ def test_posterior_and_likelihood_match_dense_numpy_and_gpytorch():
         assert g[0, i].item() == pytest.approx(fd, rel=1e-5, abs=1e-8)
 
 
-def test_fit_reaches_the_bounded_likelihood_optimum_like_lbfgsb():
+def fit_problem(kind: str, seed: int, n: int, members: int = 4):
+    """Seeded likelihood fits like BOREx's: x (B, n, 3) states, y (B, n) residuals, the start (B, 3).
+    ``cold``: states all over 224 px, y = tanh(N(0, 1)), start (12, 12, 10). ``warm``: BOREx states (sizes
+    30..75, jitter 1, 1, 0.5), start = the fit without the last observation (BOREx's warm start).
+    ``random``: cold's data from random starts in the box. ``inside``: states in a 40 px square, y a draw
+    of the GP itself with ℓ = (6, 9, 12), so that the optimum lies inside the box."""
+    rng = np.random.default_rng(seed)
+    side = 40.0 if kind == "inside" else 224.0
+    x = np.concatenate([rng.uniform(0, side, (members, n, 2)), rng.choice(bx.SIZES, (members, n, 1))], -1)
+    if kind == "warm":
+        x = x + rng.normal(0, [1.0, 1.0, 0.5], x.shape)
+    x = torch.tensor(x)
+    if kind == "inside":
+        k = gm.matern32(gm._scaled_dist(x, x, torch.tensor([6.0, 9.0, 12.0], dtype=torch.float64)))
+        y = (torch.linalg.cholesky(k + 0.01 * torch.eye(n, dtype=torch.float64))
+             @ torch.tensor(rng.normal(size=(members, n, 1))))[..., 0]
+    else:
+        y = torch.tensor(np.tanh(rng.normal(size=(members, n))))
+    start = torch.tensor([[12.0, 12.0, 10.0]] * members, dtype=torch.float64)
+    if kind == "warm":
+        start, _ = gm.fit_lengthscales(x[:, :-1], y[:, :-1], 0.01, start, (1.0, 20.0))
+    elif kind == "random":
+        start = torch.tensor(np.exp(rng.uniform(0, math.log(20), (members, 3))))
+    return x, y, start
+
+
+def lbfgsb_nll(x, y, start) -> np.ndarray:
+    """−log p that scipy's L-BFGS-B (scikit-learn's optimiser) reaches on the same likelihood, member by member."""
     from scipy.optimize import minimize
 
-    rng = np.random.default_rng(5)
-    x = torch.tensor(rng.uniform(0, 224, (3, 12, 3)))
-    y = torch.tensor(np.tanh(rng.normal(size=(3, 12))))
-    start = torch.tensor([[12.0, 12.0, 10.0]] * 3)
-    ls, _ = gm.fit_lengthscales(x, y, 0.01, start, (1.0, 20.0))
-    assert ((ls >= 1 - 1e-9) & (ls <= 20 + 1e-9)).all()
-    for b in range(3):
+    out = []
+    for b in range(len(x)):
         nll = gm.NegLogLikelihood(x[b:b + 1], y[b:b + 1], 0.01)
 
         def fg(z, nll=nll):
             f, g = nll(torch.tensor(z)[None])
             return float(f[0]), g[0].numpy()
 
-        ref = minimize(fg, np.log([12.0, 12.0, 10.0]), jac=True, method="L-BFGS-B", bounds=[(0, math.log(20))] * 3)
-        ours = fg(ls[b].log().numpy())[0]
-        assert ours <= ref.fun + 1e-6  # as good as scipy's L-BFGS-B (scikit-learn's optimiser)
-        # a member's fit does not depend on the other members of its batch
+        ref = minimize(fg, start[b].log().numpy(), jac=True, method="L-BFGS-B", bounds=[(0, math.log(20))] * 3)
+        out.append(ref.fun)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("kind, seed, n, max_evals", [
+    ("cold", 5, 12, 30),
+    # warm starts where the former optimiser (backtracking only) took its 100-step cap and stopped 8.5e-3
+    # and 2.1e-3 above L-BFGS-B's optimum: steps stayed short on ground that is flat or concave
+    ("warm", 0, 5, 30), ("warm", 4, 3, 30),
+    ("random", 2, 8, 40),
+    ("inside", 0, 30, 30),
+])
+def test_fit_reaches_the_bounded_likelihood_optimum_like_lbfgsb(kind, seed, n, max_evals):
+    x, y, start = fit_problem(kind, seed, n)
+    ls, evals = gm.fit_lengthscales(x, y, 0.01, start, (1.0, 20.0))
+    assert ((ls >= 1 - 1e-9) & (ls <= 20 + 1e-9)).all()
+    ours = gm.NegLogLikelihood(x, y, 0.01)(ls.log())[0].numpy()
+    assert (ours <= lbfgsb_nll(x, y, start) + 1e-6).all()  # as good as scipy's L-BFGS-B
+    assert evals <= max_evals  # batched likelihood evaluations for all 4 members
+    at_bound = ((ls - 1).abs() < 1e-9) | ((ls - 20).abs() < 1e-9)
+    if kind == "inside":
+        assert (~at_bound).all(-1).any()  # an optimum strictly inside the box
+    else:
+        assert at_bound.any()
+    for b in range(len(x)):  # a member's fit does not depend on the other members of its batch
         solo, _ = gm.fit_lengthscales(x[b:b + 1], y[b:b + 1], 0.01, start[b:b + 1], (1.0, 20.0))
-        np.testing.assert_allclose(solo[0].numpy(), ls[b].numpy(), rtol=1e-12)
+        assert torch.equal(solo[0], ls[b])
+
+
+def test_minimize_box_known_answers():
+    """Convex quadratics whose minimisers over [0, 1]^3 have active bounds (the answer: the point with projected
+    gradient 0); a flat, concave slope whose minimum is the upper bound: reached by extrapolation in a few
+    trials, where steps of the gradient's length (1e-6) would take millions."""
+    rng = np.random.default_rng(0)
+    q = torch.tensor(rng.normal(size=(6, 3, 3)))
+    a = q @ q.mT + 0.1 * torch.eye(3, dtype=torch.float64)
+    c = torch.tensor(rng.uniform(-1.0, 2.0, (6, 3)))  # the unconstrained minimisers, most outside [0, 1]^3
+    calls = []
+
+    def quad(z, a=a, c=c):  # f = (z − c)ᵀA(z − c)/2
+        calls.append(1)
+        g = (a @ (z - c)[:, :, None])[:, :, 0]
+        return 0.5 * ((z - c) * g).sum(-1), g
+
+    z = gm.minimize_box(quad, torch.full((6, 3), 0.5, dtype=torch.float64), 0.0, 1.0, gtol=1e-9, ftol=0.0)
+    assert len(calls) <= 15  # batched evaluations for all six
+    g = quad(z)[1]
+    pg = torch.where(((z <= 0) & (g > 0)) | ((z >= 1) & (g < 0)), 0.0, g)
+    assert pg.abs().max() <= 1e-9 and ((z >= 0) & (z <= 1)).all()
+    assert ((z == 0) | (z == 1)).any(-1).all() and ((z > 0) & (z < 1)).any()  # active bounds, free variables
+    for b in range(6):  # each member alone: the same bits
+        solo = gm.minimize_box(lambda v, b=b: quad(v, a[b:b + 1], c[b:b + 1]),
+                               torch.full((1, 3), 0.5, dtype=torch.float64), 0.0, 1.0, gtol=1e-9, ftol=0.0)
+        assert torch.equal(solo[0], z[b])
+
+    calls.clear()
+
+    def slope(z):  # f = −1e-6·Σ exp(z)
+        calls.append(1)
+        return -1e-6 * z.exp().sum(-1), -1e-6 * z.exp()
+
+    z = gm.minimize_box(slope, torch.zeros((2, 3), dtype=torch.float64), 0.0, 3.0, gtol=1e-9)
+    assert (z == 3.0).all() and len(calls) <= 15
 
 
 @pytest.mark.parametrize("ls", [(12.0, 12.0, 10.0), (20.0, 20.0, 20.0), (2.0, 3.0, 1.0)])

@@ -418,8 +418,7 @@ def _refine(reqs: list[Request], priors: list[Any], prior_params: dict[str, Any]
             x = torch.tensor(np.array([m.x for m in members]), dtype=F64)
             y = torch.tensor(np.array([m.y for m in members]), dtype=F64)
             if it % opts.refit_every == 0 or it == opts.iterations:
-                ls, _ = fit_lengthscales(x, y, opts.noise, ls if opts.warm_start else ls0, opts.bounds,
-                                         unit_first_step=not opts.warm_start)
+                ls, _ = fit_lengthscales(x, y, opts.noise, ls if opts.warm_start else ls0, opts.bounds)
             post = Posterior.fit(x, y, ls, opts.noise)
             for b, m in enumerate(members):
                 m.post = post.member(b)
