@@ -240,31 +240,40 @@ def raw_now(bench: Bench) -> float:
 
 @section("engine")
 def engine_section(bench: Bench) -> None:
-    """Masked forward passes/s per method and their ratio to the best raw forward rate, measured
-    right before and after each method (the mean of the two; the raw section's rate if it did not run).
+    """Masked forward passes/s per method and their ratio to the best raw forward rate measured right
+    before and after (the mean of the two); each method runs in 3 rounds alternating with the raw
+    runs, and the row gives the median round (this VM's forward rate drifts from minute to minute).
     The note splits the workers' wall time into forward, other work (building inputs, reducing) and
     idle (waiting for the scheduler), plus padded rows."""
+    rounds = 1 if bench.quick else 3
     with salient.Engine(bench.model, **bench.engine_opts) as eng:
         eng.explain(bench.image, "occlusion", window=112, stride=112)  # warm-up: threads, buffers, item
         ex = eng.executor
         fwd = time_forwards(ex)
         raw_before = raw_now(bench) if bench.raw else 0.0
         for method, params in engine_jobs(bench.quick):
-            st0, f0 = ex.stats(), fwd[0]
-            t0 = time.perf_counter()
-            s = eng.explain(bench.image, method, seed=0, **params)
-            elapsed = time.perf_counter() - t0
-            st = ex.stats()
-            rows = st["n_forward"] - st0["n_forward"]
-            busy, wall = st["busy_seconds"] - st0["busy_seconds"], elapsed * st["workers"]
-            rate = s.n_forward / elapsed
-            split = (f"fwd {100 * (fwd[0] - f0) / wall:.1f}% other {100 * (busy - fwd[0] + f0) / wall:.1f}% "
-                     f"idle {100 * (1 - busy / wall):.1f}%" if getattr(ex, "workers", None) else "")
-            raw_after = raw_now(bench) if bench.raw else 0.0
-            raw = (raw_before + raw_after) / 2
-            row("engine", f"{method} {_short(params)}", s.n_forward, elapsed, rate, rate / raw if raw else None,
-                note=f"raw {raw_before:.1f}/{raw_after:.1f}, padding {100 * (1 - s.n_forward / rows):.1f}%, {split}")
-            raw_before = raw_after
+            runs = []
+            for _ in range(rounds):
+                st0, f0 = ex.stats(), fwd[0]
+                t0 = time.perf_counter()
+                s = eng.explain(bench.image, method, seed=0, **params)
+                elapsed = time.perf_counter() - t0
+                st = ex.stats()
+                rows = st["n_forward"] - st0["n_forward"]
+                busy, wall = st["busy_seconds"] - st0["busy_seconds"], elapsed * st["workers"]
+                split = (f"fwd {100 * (fwd[0] - f0) / wall:.1f}% other {100 * (busy - fwd[0] + f0) / wall:.1f}% "
+                         f"idle {100 * (1 - busy / wall):.1f}%" if getattr(ex, "workers", None) else "")
+                raw_after = raw_now(bench) if bench.raw else 0.0
+                raw = (raw_before + raw_after) / 2
+                rate = s.n_forward / elapsed
+                runs.append((rate / raw if raw else 0.0, s.n_forward, elapsed, rate, raw_before, raw_after,
+                             f"padding {100 * (1 - s.n_forward / rows):.1f}%, {split}"))
+                raw_before = raw_after
+            runs.sort()
+            ratio, n, elapsed, rate, r0, r1, note = runs[len(runs) // 2]
+            all_ratios = " ".join(f"{r[0]:.2f}" for r in runs)
+            row("engine", f"{method} {_short(params)}", n, elapsed, rate, ratio if ratio else None,
+                note=f"rounds {all_ratios}; raw {r0:.1f}/{r1:.1f}, {note}")
         st = ex.stats()
     row("engine", "layout", note=f"{st.get('workers')} workers x {st.get('threads')} threads, "
                                  f"batch {st.get('batch_size')}; ratio goal >= {RATIO_GOAL}")
