@@ -327,7 +327,7 @@ def cam_section(bench: Bench) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from cam_speed import cam_section as cam_rows
 
-    layer = "_blocks.4" if bench.quick else "_bn1"
+    layer = "_blocks.4" if bench.quick else "_swish@1"  # the default layer: the head's ReLU6
     for r in cam_rows(bench.model, bench.image, "_bn1", layer, repeats=2 if bench.quick else 3,
                       batch_size=bench.engine_opts.get("batch_size")):
         note = f"max |diff| vs pytorch-grad-cam {r['diff']:.1e}" if "diff" in r else ""
