@@ -90,7 +90,7 @@ def distinct_channels(acts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def scorecam(req: Request, layer: str = "", chunk: int = 64):
     """Score-CAM: ReLU(Σ_k softmax_k(y_c(I ⊙ H^k)) · A^k), min-max normalised, resized (as pytorch-grad-cam).
 
-    ``layer`` as for gradcam; one forward pass per channel of the layer, ``chunk`` channels per query."""
+    ``layer`` as for gradcam; one forward pass per distinct channel of the layer, ``chunk`` channels per query."""
     if chunk < 1:
         raise SalientError("scorecam: chunk must be >= 1")
     ((label, acts, shape),) = yield [ActivationQuery(req.item, layer=str(layer))]
