@@ -2,13 +2,16 @@
 
 Sections (each a small function that prints rows; add more with ``@section``):
 - ``raw``: the model's raw forward rate (images/s) per batch size, in one stream with all intra-op
-  threads and in the engine's CPU layout (one stream per core, 1 thread each); the best is "raw".
+  threads and in the engine's CPU layout (one stream per core, 1 thread each), for the module as
+  given and (CPU) for the fused module the engine's workers run (``salient.models.fuse``); the best
+  row of all is "raw", so the engine's ratio measures its overhead, not the fusion's gain.
 - ``build``: what the worker does besides the forward, per input: building masked inputs (RISE
   masks, DiDA/occlusion boxes) and RISE's on-device reduction, next to the forward's own cost.
 - ``engine``: masked forward passes/s of RISE, DiDA and occlusion through ``salient.Engine`` and their
   ratio to raw (goal >= 0.95); padding = forward rows that carried no query.
 - ``captum``: occlusion (window 32, stride 16) by Captum's ``Occlusion`` (default
-  ``perturbations_per_eval=1``) vs ours on the same image and target (goal: ours >= 3x faster).
+  ``perturbations_per_eval=1``) vs ours on the same image and target (goal: ours >= 3x faster); a
+  second Captum row runs it on our fused module, to show what the fusion alone gives.
 - ``cam``: Grad-CAM, Grad-CAM++ and Score-CAM (1280 channels of the head) ours vs pytorch-grad-cam on
   the same photo, class and layer (goal: Score-CAM >= 3x faster); rows come from ``cam_speed.py``.
 - ``ray``: the same jobs through RayExecutor (one actor per core) vs the raw forward rate of the
@@ -39,6 +42,7 @@ from salient.engine.local import cpu_count
 from salient.engine.worker import CPU_BATCH_SIZE, pick_device
 from salient.kernels import grid_cells, sliding_windows
 from salient.methods import BoxQuery, ItemContext, RiseQuery
+from salient.models.fuse import fuse_for_cpu
 
 RATIO_GOAL, CAPTUM_GOAL = 0.95, 3.0
 
@@ -55,6 +59,8 @@ class Bench:
     raw: float = 0.0
     raw_batch: int = 0
     raw_layout: tuple[int, int | None] = (1, None)  # (streams, threads) of the best raw row
+    raw_module: torch.nn.Module | None = None  # the module of the best raw row
+    fused: torch.nn.Module | None = None  # the model as the engine's CPU workers run it (None: not fused)
     notes: list[str] = field(default_factory=list)
 
 
@@ -97,12 +103,12 @@ def _batch(model: salient.Model, b: int, device: torch.device) -> torch.Tensor:
 
 
 def raw_rate(model: salient.Model, b: int, device: torch.device, seconds: float, streams: int = 1,
-             threads: int | None = None) -> tuple[int, float]:
+             threads: int | None = None, module: torch.nn.Module | None = None) -> tuple[int, float]:
     """Images and seconds of ``streams`` threads each running full batches of ``b`` for ~``seconds``
-    (after one warm-up batch), each with ``threads`` intra-op threads (None: torch's default)."""
-    module = model.module.to(device).eval()
-    if device.type != "meta":
-        module = module.to(memory_format=model.memory_format)
+    (after one warm-up batch), each with ``threads`` intra-op threads (None: torch's default), through
+    ``module`` (default: the model's own)."""
+    if module is None:
+        module = model.module.to(device).eval().to(memory_format=model.memory_format)
     default = torch.get_num_threads()
     counts = [0] * streams
     start = threading.Barrier(streams + 1)
@@ -143,14 +149,18 @@ def raw_section(bench: Bench) -> None:
     cores = cpu_count()
     if dev.type == "cpu" and cores > 1:
         layouts.append((f"{cores} streams x 1 thread", cores, 1))
+    modules = [("", bench.model.module.to(dev).eval().to(memory_format=bench.model.memory_format))]
+    if bench.fused is not None:
+        modules.append(("fused, ", bench.fused))
     best = (0.0, 0, "")
-    for name, streams, threads in layouts:
-        for b in sizes:
-            n, s = raw_rate(bench.model, b, dev, secs, streams, threads)
-            rate = n / s
-            row("raw", f"forward batch {b}, {name}", n, s, rate)
-            if rate > best[0]:
-                best, bench.raw_layout = (rate, b, name), (streams, threads)
+    for kind, module in modules:
+        for name, streams, threads in layouts:
+            for b in sizes:
+                n, s = raw_rate(bench.model, b, dev, secs, streams, threads, module)
+                rate = n / s
+                row("raw", f"{kind}batch {b}, {name}", n, s, rate)
+                if rate > best[0]:
+                    best, bench.raw_layout, bench.raw_module = (rate, b, kind + name), (streams, threads), module
     bench.raw, bench.raw_batch = best[0], best[1]
     row("raw", "best raw forward", "", None, best[0], note=f"batch {best[1]}, {best[2]}")
 
@@ -183,7 +193,7 @@ def build_section(bench: Bench) -> None:
     if dev.type == "cpu":
         torch.set_num_threads(1)
     try:
-        module = model.module.to(dev).eval().to(memory_format=model.memory_format)
+        module = bench.fused or model.module.to(dev).eval().to(memory_format=model.memory_format)
         with torch.inference_mode():
             fwd = _time(lambda: module(buf), dev, repeat) / b
         row("build", f"forward (batch {b})", b, fwd * b, note=f"{1e3 * fwd:.2f} ms per input")
@@ -213,20 +223,22 @@ def engine_jobs(quick: bool) -> list[tuple[str, dict[str, Any]]]:
 
 
 def time_forwards(executor: Any) -> list[float]:
-    """Wrap each local worker's ``forward_logits`` to add its seconds to a shared counter (profiling
-    from outside the engine: forward time vs the rest of a worker's busy time vs idle)."""
+    """Wrap each local worker's ``forward_logits`` and ``forward_local`` (incremental occlusion) to add
+    their seconds to a shared counter (profiling from outside the engine: forward time vs the rest of
+    a worker's busy time vs idle)."""
     spent = [0.0]
     for w in getattr(executor, "workers", []):
-        inner = w.forward_logits
+        for name in ("forward_logits", "forward_local"):
+            inner = getattr(w, name)
 
-        def timed(x: torch.Tensor, inner=inner) -> torch.Tensor:
-            t0 = time.perf_counter()
-            out = inner(x)
-            sync(x.device)
-            spent[0] += time.perf_counter() - t0
-            return out
+            def timed(x: torch.Tensor, *rest: Any, inner=inner) -> torch.Tensor:
+                t0 = time.perf_counter()
+                out = inner(x, *rest)
+                sync(x.device)
+                spent[0] += time.perf_counter() - t0
+                return out
 
-        w.forward_logits = timed
+            setattr(w, name, timed)
     return spent
 
 
@@ -234,7 +246,8 @@ def raw_now(bench: Bench) -> float:
     """The best raw row's rate (its batch and layout) measured again now: this VM's forward rate drifts
     by up to 30% over minutes, so each engine ratio compares with raw runs taken just before and after."""
     streams, threads = bench.raw_layout
-    n, s = raw_rate(bench.model, bench.raw_batch or 1, bench.device, 1.0 if bench.quick else 3.0, streams, threads)
+    n, s = raw_rate(bench.model, bench.raw_batch or 1, bench.device, 1.0 if bench.quick else 3.0, streams, threads,
+                    bench.raw_module)
     return n / s
 
 
@@ -244,37 +257,43 @@ def engine_section(bench: Bench) -> None:
     before and after (the mean of the two); each method runs in 3 rounds alternating with the raw
     runs, and the row gives the median round (this VM's forward rate drifts from minute to minute).
     The note splits the workers' wall time into forward, other work (building inputs, reducing) and
-    idle (waiting for the scheduler), plus padded rows."""
+    idle (waiting for the scheduler), plus padded rows. DiDA and occlusion run again with
+    ``incremental=False``: every pass a whole forward, so their ratio is the engine's overhead alone."""
     rounds = 1 if bench.quick else 3
-    with salient.Engine(bench.model, **bench.engine_opts) as eng:
-        eng.explain(bench.image, "occlusion", window=112, stride=112)  # warm-up: threads, buffers, item
-        ex = eng.executor
-        fwd = time_forwards(ex)
-        raw_before = raw_now(bench) if bench.raw else 0.0
-        for method, params in engine_jobs(bench.quick):
-            runs = []
-            for _ in range(rounds):
-                st0, f0 = ex.stats(), fwd[0]
-                t0 = time.perf_counter()
-                s = eng.explain(bench.image, method, seed=0, **params)
-                elapsed = time.perf_counter() - t0
-                st = ex.stats()
-                rows = st["n_forward"] - st0["n_forward"]
-                busy, wall = st["busy_seconds"] - st0["busy_seconds"], elapsed * st["workers"]
-                split = (f"fwd {100 * (fwd[0] - f0) / wall:.1f}% other {100 * (busy - fwd[0] + f0) / wall:.1f}% "
-                         f"idle {100 * (1 - busy / wall):.1f}%" if getattr(ex, "workers", None) else "")
-                raw_after = raw_now(bench) if bench.raw else 0.0
-                raw = (raw_before + raw_after) / 2
-                rate = s.n_forward / elapsed
-                runs.append((rate / raw if raw else 0.0, s.n_forward, elapsed, rate, raw_before, raw_after,
-                             f"padding {100 * (1 - s.n_forward / rows):.1f}%, {split}"))
-                raw_before = raw_after
-            runs.sort()
-            ratio, n, elapsed, rate, r0, r1, note = runs[len(runs) // 2]
-            all_ratios = " ".join(f"{r[0]:.2f}" for r in runs)
-            row("engine", f"{method} {_short(params)}", n, elapsed, rate, ratio if ratio else None,
-                note=f"rounds {all_ratios}; raw {r0:.1f}/{r1:.1f}, {note}")
-        st = ex.stats()
+    jobs = engine_jobs(bench.quick)
+    variants = [({}, "", jobs)]
+    if bench.fused is not None:
+        variants.append(({"incremental": False}, ", whole forwards", [j for j in jobs if j[0] != "rise"]))
+    raw_before = raw_now(bench) if bench.raw else 0.0
+    for extra, label, todo in variants:
+        with salient.Engine(bench.model, **{**bench.engine_opts, **extra}) as eng:
+            eng.explain(bench.image, "occlusion", window=112, stride=112)  # warm-up: threads, buffers, item
+            ex = eng.executor
+            fwd = time_forwards(ex)
+            for method, params in todo:
+                runs = []
+                for _ in range(rounds):
+                    st0, f0 = ex.stats(), fwd[0]
+                    t0 = time.perf_counter()
+                    s = eng.explain(bench.image, method, seed=0, **params)
+                    elapsed = time.perf_counter() - t0
+                    st = ex.stats()
+                    rows = st["n_forward"] - st0["n_forward"]
+                    busy, wall = st["busy_seconds"] - st0["busy_seconds"], elapsed * st["workers"]
+                    split = (f"fwd {100 * (fwd[0] - f0) / wall:.1f}% other {100 * (busy - fwd[0] + f0) / wall:.1f}% "
+                             f"idle {100 * (1 - busy / wall):.1f}%" if getattr(ex, "workers", None) else "")
+                    raw_after = raw_now(bench) if bench.raw else 0.0
+                    raw = (raw_before + raw_after) / 2
+                    rate = s.n_forward / elapsed
+                    runs.append((rate / raw if raw else 0.0, s.n_forward, elapsed, rate, raw_before, raw_after,
+                                 f"padding {100 * (1 - s.n_forward / rows):.1f}%, {split}"))
+                    raw_before = raw_after
+                runs.sort()
+                ratio, n, elapsed, rate, r0, r1, note = runs[len(runs) // 2]
+                all_ratios = " ".join(f"{r[0]:.2f}" for r in runs)
+                row("engine", f"{method} {_short(params)}{label}", n, elapsed, rate, ratio if ratio else None,
+                    note=f"rounds {all_ratios}; raw {r0:.1f}/{r1:.1f}, {note}")
+            st = ex.stats()
     row("engine", "layout", note=f"{st.get('workers')} workers x {st.get('threads')} threads, "
                                  f"batch {st.get('batch_size')}; ratio goal >= {RATIO_GOAL}")
 
@@ -301,17 +320,26 @@ def captum_section(bench: Bench) -> None:
         t0 = time.perf_counter()
         ours = eng.explain(bench.image, "occlusion", target=target, window=window, stride=stride)
         t_ours = time.perf_counter() - t0
-    occ = Occlusion(lambda t: module(t).softmax(-1))
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        ref = occ.attribute(x, sliding_window_shapes=(x.shape[1], *window), strides=(x.shape[1], *stride),
-                            baselines=0.0, target=target, perturbations_per_eval=1)
-    sync(dev)
-    t_captum = time.perf_counter() - t0
+
+    def captum(net: torch.nn.Module) -> tuple[torch.Tensor, float]:
+        occ = Occlusion(lambda t: net(t).softmax(-1))
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            ref = occ.attribute(x, sliding_window_shapes=(x.shape[1], *window), strides=(x.shape[1], *stride),
+                                baselines=0.0, target=target, perturbations_per_eval=1)
+        sync(dev)
+        return ref, time.perf_counter() - t0
+
+    ref, t_captum = captum(module)
     n = 1 + math.prod(math.ceil((s - w) / st) + 1 for s, w, st in zip(model.input_size, window, stride, strict=True))
     diff = float(np.abs(ref[0, 0].cpu().numpy() - ours.map).max())
     what = f"occlusion window {window[0]} stride {stride[0]}"
-    row("captum", f"captum {what}", n, t_captum, note="perturbations_per_eval=1")
+    row("captum", f"captum {what}", n, t_captum, note="perturbations_per_eval=1, the model as given")
+    if bench.fused is not None:
+        ref_f, t_f = captum(bench.fused)
+        diff_f = float(np.abs(ref_f[0, 0].cpu().numpy() - ref[0, 0].cpu().numpy()).max())
+        row("captum", f"captum {what}, fused module", n, t_f, ratio=t_captum / t_f,
+            note=f"Captum's speed-up from our fusion alone; max |diff| {diff_f:.1e}")
     row("captum", f"ours {what}", ours.n_forward, t_ours, ratio=t_captum / t_ours,
         note=f"speed-up over Captum (goal >= {CAPTUM_GOAL}); max |diff| {diff:.1e}")
 
@@ -361,7 +389,7 @@ def ray_section(bench: Bench) -> None:
         with salient.Engine(model, executor="ray", workers=workers, batch_size=b, **opts) as eng:
             row("ray", "start actors", workers, time.perf_counter() - t0, note="model shipped once (ray.put)")
             n, secs = raw_rate(model, b, dev, 1.0 if bench.quick else 4.0, streams=workers if cpu else 1,
-                               threads=1 if cpu else None)
+                               threads=1 if cpu else None, module=bench.fused)
             raw = n / secs
             row("ray", f"raw forward batch {b}, {workers} x 1 thread", n, secs, raw, note="same cores, Ray idle")
             eng.explain(bench.image, "occlusion", window=112, stride=112)  # warm-up: buffers, the item
@@ -392,6 +420,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=None, help="the engine's batch size (default: its own)")
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--no-fuse", action="store_true", help="CPU: run the model as given (no fused convolutions)")
     args = ap.parse_args(argv)
     names = [s for s in args.only.split(",") if s] or list(SECTIONS)
     unknown = [s for s in names if s not in SECTIONS]
@@ -402,10 +431,15 @@ def main(argv: list[str] | None = None) -> None:
     image = sample_images([args.image])[0] if args.image in SAMPLE_NAMES else salient.load_image(args.image)
     opts = {k: v for k, v in (("batch_size", args.batch_size), ("workers", args.workers),
                               ("threads", args.threads), ("device", args.device)) if v is not None}
+    if args.no_fuse:
+        opts["fuse"] = False
     device = pick_device(args.device)
     bench = Bench(salient.load_model(args.model), image, args.quick, device, opts)
+    if device.type == "cpu" and not args.no_fuse:
+        bench.fused = fuse_for_cpu(bench.model.module, _batch(bench.model, CPU_BATCH_SIZE, device))
     print(f"# salient {salient.__version__}, torch {torch.__version__}, {device}, {cpu_count()} cores, "
-          f"torch threads {torch.get_num_threads()}, model {args.model}, image {image.name}"
+          f"torch threads {torch.get_num_threads()}, model {args.model}, image {image.name}, "
+          f"{'fused' if bench.fused is not None else 'not fused'}"
           f"{', QUICK (not results)' if args.quick else ''}")
     print(HEADER)
     for name in names:

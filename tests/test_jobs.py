@@ -365,3 +365,21 @@ def test_a_job_killed_before_its_first_row_resumes(tmp_path):
     st._lock.release()  # killed here
     assert prepare_out(plan_job(spec), restart=False)["spec_hash"] == spec.spec_hash()
     assert run_job(job, progress=False, echo=None).done_now == 8
+
+
+def test_executor_fuse_reaches_the_engine_and_the_spec_hash(tmp_path):
+    """``executor: {fuse: false}`` (or ``incremental: false``) turns a CPU fast path off (the last bits
+    of every score differ, so the hash changes); the defaults leave the hash of older specs as it was."""
+    from salient.jobs.spec import load_spec
+
+    folder(tmp_path)
+    default = load_spec(write_job(tmp_path, model=toy_spec("linear")))
+    off = load_spec(write_job(tmp_path, model=toy_spec("linear"), executor={"fuse": False}))
+    assert "fuse" not in default.executor.options() and off.executor.options()["fuse"] is False
+    assert "fuse" not in default.results_dict() and off.results_dict()["fuse"] is False
+    assert default.spec_hash() != off.spec_hash()
+    inc = load_spec(write_job(tmp_path, model=toy_spec("linear"), executor={"incremental": False}))
+    assert inc.executor.options() == {"incremental": False} and inc.spec_hash() not in (default.spec_hash(),
+                                                                                        off.spec_hash())
+    with pytest.raises(SalientError, match="executor.fuse: "):
+        load_spec(write_job(tmp_path, model=toy_spec("linear"), executor={"fuse": "maybe"}))

@@ -91,8 +91,11 @@ class Engine:
     """``with Engine(model, executor="local"|"ray", ...) as eng: eng.explain(img, method="rise")``.
 
     Executor options: ``workers``, ``batch_size``, ``threads``, ``device``, ``depth`` (units in flight
-    per worker), ``unit_batches``; for Ray also ``address`` (None: start or reuse a local Ray; "auto"
-    or host:port: join a cluster) and ``gpus_per_worker``. See LocalExecutor and RayExecutor.
+    per worker), ``unit_batches``, ``fuse`` and ``incremental`` (CPU: masked forwards through a fused
+    copy of the model, occlusion recomputing only what a box changes; both default True; see
+    :class:`~salient.engine.worker.Worker`); for Ray also ``address`` (None: start
+    or reuse a local Ray; "auto" or host:port: join a cluster) and ``gpus_per_worker``. See
+    LocalExecutor and RayExecutor.
     """
 
     def __init__(self, model: str | Model | Any = "efficientnet-lite0", executor: str = "local",

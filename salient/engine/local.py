@@ -43,13 +43,14 @@ def cpu_count() -> int:
 
 class LocalExecutor:
     """``workers`` threads (default: one per core on CPU, one on a GPU), ``threads`` intra-op threads
-    per forward (default 1 on CPU), one ``batch_size`` (default: see ``resolve_batch_size``)."""
+    per forward (default 1 on CPU), one ``batch_size`` (default: see ``resolve_batch_size``);
+    ``fuse``, ``incremental``: the CPU fast paths of :class:`Worker`."""
 
     kind = "local"
 
     def __init__(self, model: Model, device: str | None = None, batch_size: int | str | None = None,
                  workers: int | None = None, threads: int | None = None, depth: int = 2, unit_batches: int = 4,
-                 max_items: int = 256, **_: Any):
+                 max_items: int = 256, fuse: bool = True, incremental: bool = True, **_: Any):
         dev = pick_device(device)
         self.threads = default_threads(dev, threads)
         if workers is None:
@@ -60,7 +61,7 @@ class LocalExecutor:
         self.depth, self.unit_batches = int(depth), int(unit_batches)
         size = resolve_batch_size(model, dev, batch_size)  # once, shared: same shape, same bits
         models = [model] + [replica(model) for _ in range(self.n_workers - 1)]
-        self.workers = [Worker(m, dev, size, max_items) for m in models]
+        self.workers = [Worker(m, dev, size, max_items, fuse=fuse, incremental=incremental) for m in models]
         for w in self.workers:
             w.threads = self.threads  # applied in the worker's own thread at each run
         self.batch_size = size

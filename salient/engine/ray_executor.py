@@ -70,9 +70,11 @@ def portable(model: Model) -> Model:
 class RayWorker:
     """The actor: a Worker plus item fetching, stats, and a test hook that kills the process."""
 
-    def __init__(self, model: list, device: str | None, batch_size: int, threads: int | None, max_items: int):
+    def __init__(self, model: list, device: str | None, batch_size: int, threads: int | None, max_items: int,
+                 fuse: bool = True, incremental: bool = True):
         # ``model`` is [ref]: a nested reference is fetched here (the driver keeps it alive for restarts)
-        self.worker = Worker(ray.get(model[0]), device, batch_size, max_items, threads)
+        self.worker = Worker(ray.get(model[0]), device, batch_size, max_items, threads, fuse=fuse,
+                             incremental=incremental)
         self._crash_at: int | None = None
 
     def ping(self) -> int:
@@ -107,7 +109,7 @@ class RayWorker:
 
 
 def _autotune(model: Model, device: str | None, threads: int | None) -> int:
-    return Worker(model, device, "auto", 1, threads).batch_size
+    return Worker(model, device, "auto", 1, threads, fuse=False).batch_size
 
 
 class RayExecutor:
@@ -115,7 +117,7 @@ class RayExecutor:
     joins a cluster. ``workers``: default one per GPU (``gpus_per_worker`` each) or, without GPUs,
     one per ``threads`` CPUs (default 1). ``unit_batches``: default max(4, workers / 8), so that the
     driver's Ray calls stay few. ``lost_timeout``: give up when no worker has been alive that long
-    (restarts pending for want of resources)."""
+    (restarts pending for want of resources). ``fuse``, ``incremental``: as for :class:`Worker`."""
 
     kind = "ray"
 
@@ -123,7 +125,8 @@ class RayExecutor:
                  gpus_per_worker: float = 1, batch_size: int | str | None = None, threads: int | None = None,
                  device: str | None = None, depth: int = 2, unit_batches: int | None = None, max_items: int = 256,
                  max_restarts: int = 8, start_timeout: float = 300.0, lost_timeout: float = 600.0,
-                 num_cpus: int | None = None, object_store_memory: int | None = None, **_: Any):
+                 num_cpus: int | None = None, object_store_memory: int | None = None, fuse: bool = True,
+                 incremental: bool = True, **_: Any):
         self.lost_timeout = lost_timeout
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
@@ -133,13 +136,13 @@ class RayExecutor:
                 ray.init(address=address, log_to_driver=False)
         try:
             self._start(model, workers, gpus_per_worker, batch_size, threads, device, depth, unit_batches, max_items,
-                        max_restarts, start_timeout)
+                        max_restarts, start_timeout, fuse, incremental)
         except BaseException:
             self.close()
             raise
 
     def _start(self, model, workers, gpus_per_worker, batch_size, threads, device, depth, unit_batches, max_items,
-               max_restarts, start_timeout) -> None:
+               max_restarts, start_timeout, fuse, incremental) -> None:
         self.actors: list[Any] = []
         self._model_ref = None
         res = ray.cluster_resources()
@@ -177,7 +180,8 @@ class RayExecutor:
             batch_size = ray.get(ray.remote(**opts)(_autotune).remote(self._model_ref, dev, self.threads))
         self.batch_size = int(batch_size)
         actor = ray.remote(RayWorker).options(**opts, max_restarts=max_restarts, max_task_retries=0)
-        self.actors = [actor.remote([self._model_ref], dev, self.batch_size, self.threads, max_items) for _ in range(n)]
+        self.actors = [actor.remote([self._model_ref], dev, self.batch_size, self.threads, max_items, fuse, incremental)
+                       for _ in range(n)]
         try:
             ray.get([a.ping.remote() for a in self.actors], timeout=start_timeout)
         except rex.GetTimeoutError:

@@ -9,7 +9,7 @@ methods:
   - {name: dida, targets: top3}
 metrics: [insertion, deletion]       # or {kinds: [insertion, deletion], step: 896, substrate: blur}
 executor: {kind: local}              # kind local|ray, workers, threads, address, gpus_per_worker, batch_size,
-                                     # device, max_live
+                                     # device, max_live, fuse, incremental (CPU fast paths, default true)
 seed: 0
 out: audit/
 store: {shard_items: 64}             # optional: shard_items, flush_rows, checkpoint_seconds, compressor
@@ -37,6 +37,7 @@ from .store import COMPRESSORS
 
 # Fields whose change changes the results: a store refuses to mix runs that differ in them.
 RESULT_FIELDS = ("model", "source", "targets", "methods", "metrics", "seed")
+FAST_PATHS = ("fuse", "incremental")  # executor switches that change the last bits of the maps
 
 
 class _Strict(BaseModel):
@@ -107,11 +108,14 @@ class ExecutorSpec(_Strict):
     device: str | None = None
     threads: int | None = Field(default=None, ge=1)  # intra-op threads per worker
     max_live: int | None = Field(default=None, ge=1)  # tasks alive at once (None: the engine's default)
+    fuse: bool = True  # CPU: masked forwards through the fused module (salient.models.fuse)
+    incremental: bool = True  # CPU: boxes recompute only what they change (salient.models.incremental)
 
     def options(self) -> dict[str, Any]:
-        """Keyword options for the executor (only those given)."""
+        """Keyword options for the executor (only those given, and the fast paths turned off)."""
         keys = ("workers", "address", "gpus_per_worker", "batch_size", "device", "threads")
-        return {k: v for k in keys if (v := getattr(self, k)) is not None}
+        opts = {k: v for k in keys if (v := getattr(self, k)) is not None}
+        return {**opts, **{k: False for k in FAST_PATHS if not getattr(self, k)}}
 
 
 class StoreSpec(_Strict):
@@ -180,6 +184,9 @@ class JobSpec(_Strict):
         d = self.model_dump(mode="json", exclude={"base_dir"})
         out = {k: d[k] for k in RESULT_FIELDS}
         out["batch_size"] = self.executor.batch_size
+        for k in FAST_PATHS:  # off, the last bits of the scores differ (the defaults leave old hashes alone)
+            if not getattr(self.executor, k):
+                out[k] = False
         return out
 
     def spec_hash(self) -> str:

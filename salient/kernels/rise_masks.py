@@ -60,15 +60,20 @@ def rise_masks(
 ) -> torch.Tensor:
     """Masks ``start:stop`` of chunk ``chunk`` as float32 (stop - start, H, W) on ``device``."""
     stop = n if stop is None else stop
-    grids, shifts = draw_grids(seed, chunk, n, cells, p, size)
-    grids, shifts = grids[start:stop], shifts[start:stop]
+    grids, shifts, wy, wx = _chunk(seed, chunk, n, cells, p, tuple(size), str(device))
     h, w = size
+    dy, dx = shifts[start:stop, 0], shifts[start:stop, 1]
+    rows = wy[dy[:, None] + torch.arange(h, device=device)]  # (k, H, s)
+    cols = wx[dx[:, None] + torch.arange(w, device=device)]  # (k, W, s)
+    return torch.bmm(torch.bmm(rows, grids[start:stop]), cols.transpose(1, 2))
+
+
+@lru_cache(maxsize=32)
+def _chunk(seed: int, chunk: int, n: int, cells: int, p: float, size: tuple[int, int], device: str):
+    """A chunk's draws and interpolation matrices as tensors on ``device``, cached (a worker builds a
+    chunk's masks in many slices: one per batch, and again when reducing). Read-only by contract."""
+    grids, shifts = draw_grids(seed, chunk, n, cells, p, size)
     ch, cw = cell_size(size, cells)
     wy = torch.from_numpy(interp_matrix(cells, (cells + 1) * ch)).float().to(device)
     wx = torch.from_numpy(interp_matrix(cells, (cells + 1) * cw)).float().to(device)
-    dy = torch.from_numpy(shifts[:, 0]).to(device)
-    dx = torch.from_numpy(shifts[:, 1]).to(device)
-    rows = wy[dy[:, None] + torch.arange(h, device=device)]  # (k, H, s)
-    cols = wx[dx[:, None] + torch.arange(w, device=device)]  # (k, W, s)
-    g = torch.from_numpy(grids).to(device)
-    return torch.bmm(torch.bmm(rows, g), cols.transpose(1, 2))
+    return torch.from_numpy(grids).to(device), torch.from_numpy(shifts).to(device), wy, wx

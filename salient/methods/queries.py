@@ -64,6 +64,12 @@ class Query:
         """Write inputs [start, stop) into ``out`` (stop - start, C, H, W); return anything reduce needs."""
         raise NotImplementedError
 
+    def changed_boxes(self) -> tuple[tuple[int, int, int, int], ...] | None:
+        """Per input, the box (y0, y1, x0, x1) outside which it equals the item itself, or None (the
+        inputs may differ anywhere). Lets the worker recompute only what a box changes
+        (``salient.models.incremental``)."""
+        return None
+
     def reduce_init(self, ctx: ItemContext) -> Any:
         return []
 
@@ -153,6 +159,9 @@ class BoxQuery(Query):
         fill = ctx.fill(self.fill)
         base, inner = (fill, ctx.x) if self.mode == "keep" else (ctx.x, fill)
         paste_boxes(out, base, inner, self.boxes[start:stop])
+
+    def changed_boxes(self):
+        return self.boxes if self.mode == "delete" else None
 
 
 @dataclass(frozen=True)
