@@ -170,3 +170,20 @@ def test_maps_with_and_without_incremental_agree():
                         (("occlusion", {"window": 8, "stride": 4}), ("dida", {"grids": (3, 5), "weights": (0.5, 0.5)}))]
     for a, b in zip(out[True], out[False], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_large_boxes_run_whole_forwards(deep):
+    """A query whose boxes need crops of most of the input gains nothing: the worker sends it through
+    whole forwards (a per-query choice, so a row's path never depends on its batch neighbours)."""
+    _, _, plan = deep
+    assert plan.pays(((20, 28, 20, 28),) * 3)
+    assert not plan.pays(((0, SIZE, 0, SIZE),)) and not plan.pays(((4, 44, 4, 44), (20, 28, 20, 28)))
+    assert not plan.pays(())
+    model = toy(Deep(), size=SIZE)
+    w = Worker(model, "cpu", 2)
+    calls = []
+    inner = w.plan.forward
+    w.plan.forward = lambda *a: calls.append(len(a[2])) or inner(*a)
+    w.put("a", model.preprocess(np.random.default_rng(2).random((SIZE, SIZE, 3), dtype=np.float32)))
+    w.run([BoxQuery("a", (0,), boxes=((2, 46, 2, 46),) * 3), BoxQuery("a", (0,), boxes=((20, 28, 20, 28),) * 3)])
+    assert sum(calls) == 3

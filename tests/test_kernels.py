@@ -174,6 +174,11 @@ def test_blend_into_writes_in_place(layout):
     blend_into(view, x, sub, torch.stack([torch.ones(8, 6), torch.zeros(8, 6)] * 2))
     np.testing.assert_allclose(buf[1].numpy(), x.numpy(), atol=1e-6)
     np.testing.assert_allclose(buf[2].numpy(), sub.numpy(), atol=1e-6)
+    # constant images or substrates (C, 1, 1) broadcast over the picture (fills, curve substrates)
+    for a, b in ((x[:, :1, :1], sub), (x, sub[:, :1, :1]), (x[:, :1, :1], sub[:, :1, :1])):
+        blend_into(view, a, b, keep)
+        ref = b[None] + keep[:, None] * (a - b)[None]
+        np.testing.assert_allclose(buf[1:5].numpy(), ref.expand(4, 3, 8, 6).numpy(), atol=1e-6)
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])

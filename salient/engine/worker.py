@@ -239,7 +239,7 @@ class Worker:
                 results[qi] = QueryFailure(q.item, str(e))
                 continue
             local = self.plan is not None and tuple(ctx.x.shape[-2:]) == self.plan.input_hw \
-                and q.changed_boxes() is not None
+                and (boxes := q.changed_boxes()) is not None and self.plan.pays(boxes)
             groups.setdefault((tuple(ctx.x.shape), local), []).append(qi)
         for (shape, local), indices in groups.items():
             self._run_group(queries, indices, self._buf((self.batch_size, *shape)), states, failed, local)

@@ -89,6 +89,14 @@ def match_layout(t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
 def blend_into(out: torch.Tensor, x: torch.Tensor, substrate: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """out[k] = substrate + keep[k] · (x - substrate), written in place in one pass; keep is (n, H, W)
     in [0, 1], broadcast over channels (and frames for a clip)."""
+    if out.ndim == 4 and not out.is_contiguous() and out.is_contiguous(memory_format=torch.channels_last):
+        # channels_last: one pass per channel (a mask broadcast over the innermost C = 3 does not
+        # vectorise; this is 2x faster and gives the same bits)
+        shape = torch.broadcast_shapes(x.shape, substrate.shape, (out.shape[1], 1, 1))
+        diff, sub, nhwc = (x - substrate).expand(shape), substrate.expand(shape), out.permute(0, 2, 3, 1)
+        for c in range(out.shape[1]):
+            torch.addcmul(sub[c], keep, diff[c], out=nhwc[..., c])
+        return out
     diff = match_layout(x - substrate, out)
     k = keep.reshape(keep.shape[0], *([1] * (out.ndim - 3)), *keep.shape[-2:])
     torch.addcmul(match_layout(substrate, out), k, diff[None], out=out)

@@ -35,6 +35,7 @@ from .fuse import ACTIVATIONS, FusedConv2d
 POINTWISE_MODULES = (nn.BatchNorm2d, nn.Identity, nn.Dropout, *ACTIVATIONS)
 POINTWISE_FUNCTIONS = {torch.relu, F.relu, F.relu6, F.hardtanh, torch.sigmoid, F.silu, torch.tanh, F.hardswish}
 SUMS = {operator.add, torch.add, operator.mul, torch.mul}
+MAX_CROP = 0.5  # a query whose crops average more of the input than this runs whole forwards
 CALL_OVERHEAD = 50_000  # the cost of one module call, in activation elements (a few tens of µs on a CPU)
 TYPICAL_BOX = 1 / 7  # of the input side: the box size the cut is chosen for
 
@@ -174,6 +175,10 @@ class IncrementalPlan:
             return 0.0
         (c0, e0), (c1, e1) = self.crop(s[0], 0), self.crop(s[1], 1)
         return (e0 - c0) * (e1 - c1) / (self.input_hw[0] * self.input_hw[1])
+
+    def pays(self, boxes: tuple[tuple[int, int, int, int], ...]) -> bool:
+        """Whether recomputing crops beats whole forwards for these boxes (mean crop <= MAX_CROP)."""
+        return bool(boxes) and sum(map(self.crop_fraction, boxes)) <= MAX_CROP * len(boxes)
 
     def forward(self, batch: torch.Tensor, bases: list[torch.Tensor],
                 boxes: list[tuple[int, int, int, int]]) -> torch.Tensor:
