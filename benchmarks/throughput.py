@@ -62,6 +62,7 @@ class Bench:
     raw_module: torch.nn.Module | None = None  # the module of the best raw row
     fused: torch.nn.Module | None = None  # the model as the engine's CPU workers run it (None: not fused)
     notes: list[str] = field(default_factory=list)
+    rounds: int = 3  # engine rounds per method (the row is the median)
 
 
 SECTIONS: dict[str, Callable[[Bench], None]] = {}
@@ -254,12 +255,12 @@ def raw_now(bench: Bench) -> float:
 @section("engine")
 def engine_section(bench: Bench) -> None:
     """Masked forward passes/s per method and their ratio to the best raw forward rate measured right
-    before and after (the mean of the two); each method runs in 3 rounds alternating with the raw
+    before and after (the mean of the two); each method runs in ``--rounds`` rounds alternating with the raw
     runs, and the row gives the median round (this VM's forward rate drifts from minute to minute).
     The note splits the workers' wall time into forward, other work (building inputs, reducing) and
     idle (waiting for the scheduler), plus padded rows. DiDA and occlusion run again with
     ``incremental=False``: every pass a whole forward, so their ratio is the engine's overhead alone."""
-    rounds = 1 if bench.quick else 3
+    rounds = 1 if bench.quick else bench.rounds
     jobs = engine_jobs(bench.quick)
     variants = [({}, "", jobs)]
     if bench.fused is not None:
@@ -421,6 +422,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-fuse", action="store_true", help="CPU: run the model as given (no fused convolutions)")
+    ap.add_argument("--rounds", type=int, default=3, help="engine rounds per method, alternating with raw runs")
     args = ap.parse_args(argv)
     names = [s for s in args.only.split(",") if s] or list(SECTIONS)
     unknown = [s for s in names if s not in SECTIONS]
@@ -434,7 +436,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.no_fuse:
         opts["fuse"] = False
     device = pick_device(args.device)
-    bench = Bench(salient.load_model(args.model), image, args.quick, device, opts)
+    bench = Bench(salient.load_model(args.model), image, args.quick, device, opts, rounds=max(1, args.rounds))
     if device.type == "cpu" and not args.no_fuse:
         bench.fused = fuse_for_cpu(bench.model.module, _batch(bench.model, CPU_BATCH_SIZE, device))
     print(f"# salient {salient.__version__}, torch {torch.__version__}, {device}, {cpu_count()} cores, "
