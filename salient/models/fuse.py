@@ -193,12 +193,16 @@ def fuse_for_cpu(module: nn.Module, example: torch.Tensor, rtol: float = 1e-4) -
             ref, out = module(example), gm(example)
     except Exception:
         return None
+    return gm if reproduces(out, ref, rtol) else None
+
+
+def reproduces(out: object, ref: object, rtol: float = 1e-4) -> bool:
+    """Whether a rewrite's output ``out`` is the original's ``ref``: same shape, finite, and
+    max |out - ref| <= rtol · max(1, max |ref|)."""
     if not (isinstance(ref, torch.Tensor) and isinstance(out, torch.Tensor)) or ref.shape != out.shape:
-        return None
+        return False
     scale = float(ref.abs().max()) if ref.numel() else 0.0
-    if not torch.isfinite(out).all() or float((out - ref).abs().max()) > rtol * max(1.0, scale):
-        return None
-    return gm
+    return bool(torch.isfinite(out).all()) and float((out - ref).abs().max()) <= rtol * max(1.0, scale)
 
 
-__all__ = ["FusedConv2d", "available", "fuse_for_cpu"]
+__all__ = ["FusedConv2d", "available", "fuse_for_cpu", "reproduces"]

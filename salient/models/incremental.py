@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .fuse import ACTIVATIONS, FusedConv2d
+from .fuse import ACTIVATIONS, FusedConv2d, reproduces
 
 POINTWISE_MODULES = (nn.BatchNorm2d, nn.Identity, nn.Dropout, *ACTIVATIONS)
 POINTWISE_FUNCTIONS = {torch.relu, F.relu, F.relu6, F.hardtanh, torch.sigmoid, F.silu, torch.tanh, F.hardswish}
@@ -260,18 +260,18 @@ def plan_incremental(module: nn.Module, example: torch.Tensor, box: float = TYPI
         total += numel + (CALL_OVERHEAD if node.op == "call_module" else 0)
         cost[node] = total
     best, best_saving = None, min_saving * total
+    side = [max(1, round(box * s)) for s in hw]
     for cut in cuts:
         shape = cut.meta["tensor_meta"].shape
         if len(shape) != 4:
             continue
         f = fields[cut]
-        side = [max(1, round(box * s)) for s in hw]
         crop = 1.0
         for axis in range(2):
             width = min(hw[axis], side[axis] + 2 * (f.hi[axis] - f.lo[axis]) + 2 * f.j[axis])
             crop *= width / hw[axis]
-        prefix = cost[cut]
-        saving = prefix - (prefix * crop + 2 * math.prod(shape))  # the patch's prefix run and the paste
+        before = cost[cut]
+        saving = before - (before * crop + 2 * math.prod(shape))  # the patch's prefix run and the paste
         if saving > best_saving:
             best, best_saving = cut, saving
     if best is None:
@@ -298,10 +298,7 @@ def _check(plan: IncrementalPlan, module: nn.Module, example: torch.Tensor, rtol
             out = plan.forward(batch, [base] * len(boxes), boxes)
     except Exception:
         return False
-    if not isinstance(ref, torch.Tensor) or ref.shape != out.shape:
-        return False
-    scale = max(1.0, float(ref.abs().max()))
-    return bool(torch.isfinite(out).all()) and float((out - ref).abs().max()) <= rtol * scale
+    return reproduces(out, ref, rtol)
 
 
 __all__ = ["Field", "IncrementalPlan", "plan_incremental"]
