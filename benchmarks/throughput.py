@@ -58,8 +58,8 @@ class Bench:
     engine_opts: dict[str, Any]
     raw: float = 0.0
     raw_batch: int = 0
-    raw_layout: tuple[int, int | None] = (1, None)  # (streams, threads) of the best raw row
-    raw_module: torch.nn.Module | None = None  # the module of the best raw row
+    # every raw row: (images/s, batch, streams, threads, module, label), the fastest first
+    raw_rows: list[tuple[float, int, int, int | None, torch.nn.Module, str]] = field(default_factory=list)
     fused: torch.nn.Module | None = None  # the model as the engine's CPU workers run it (None: not fused)
     notes: list[str] = field(default_factory=list)
     rounds: int = 3  # engine rounds per method (the row is the median)
@@ -160,10 +160,27 @@ def raw_section(bench: Bench) -> None:
                 n, s = raw_rate(bench.model, b, dev, secs, streams, threads, module)
                 rate = n / s
                 row("raw", f"{kind}batch {b}, {name}", n, s, rate)
+                bench.raw_rows.append((rate, b, streams, threads, module, f"{kind}batch {b}, {name}"))
                 if rate > best[0]:
-                    best, bench.raw_layout, bench.raw_module = (rate, b, kind + name), (streams, threads), module
+                    best = (rate, b, f"{kind}batch {b}, {name}")
+    bench.raw_rows.sort(key=lambda r: -r[0])
+    if not bench.quick:  # rows a few percent apart swap places from minute to minute: confirm the best
+        top = bench.raw_rows[:3]
+        n_s = [[0, 0.0] for _ in top]
+        for _ in range(3):
+            for k, (_, b, streams, threads, module, _) in enumerate(top):
+                n, s = raw_rate(bench.model, b, dev, 2.0, streams, threads, module)
+                n_s[k][0] += n
+                n_s[k][1] += s
+        rates = [n / s for n, s in n_s]
+        k = max(range(len(top)), key=rates.__getitem__)
+        bench.raw_rows.insert(0, bench.raw_rows.pop(k))
+        best = (rates[k], top[k][1], top[k][5])
+        row("raw", "best of the 3 fastest, measured again", sum(n for n, _ in n_s), sum(s for _, s in n_s),
+            rate=rates[k], note="3 x 2 s each, alternating: "
+            + ", ".join(f"{r[5]} {v:.1f}" for r, v in zip(top, rates, strict=True)))
     bench.raw, bench.raw_batch = best[0], best[1]
-    row("raw", "best raw forward", "", None, best[0], note=f"batch {best[1]}, {best[2]}")
+    row("raw", "best raw forward", "", None, best[0], note=best[2])
 
 
 # ---------------------------------------------------------------- worker-side costs
@@ -246,9 +263,8 @@ def time_forwards(executor: Any) -> list[float]:
 def raw_now(bench: Bench) -> float:
     """The best raw row's rate (its batch and layout) measured again now: this VM's forward rate drifts
     by up to 30% over minutes, so each engine ratio compares with raw runs taken just before and after."""
-    streams, threads = bench.raw_layout
-    n, s = raw_rate(bench.model, bench.raw_batch or 1, bench.device, 1.0 if bench.quick else 3.0, streams, threads,
-                    bench.raw_module)
+    _, b, streams, threads, module, _ = bench.raw_rows[0]
+    n, s = raw_rate(bench.model, b, bench.device, 1.0 if bench.quick else 3.0, streams, threads, module)
     return n / s
 
 

@@ -14,6 +14,8 @@ from skimage.transform import resize
 from salient.errors import SalientError
 from salient.kernels import (
     blend_into,
+    blend_over,
+    blend_terms,
     blur,
     box_masks,
     check_fill,
@@ -24,6 +26,7 @@ from salient.kernels import (
     match_layout,
     paste_boxes,
     rise_masks,
+    rise_weighted_sum,
     sliding_windows,
     squares,
 )
@@ -64,6 +67,32 @@ def test_rise_masks_ranges_and_chunks():
     assert not torch.equal(rise_masks(6, 1, 30, cells, 0.5, size), full)  # another seed, other masks
     assert torch.equal(rise_masks(5, 1, 30, cells, 0.5, size), full)  # reproducible
     assert float(full.min()) >= 0.0 and float(full.max()) <= 1.0
+
+
+def test_rise_masks_written_into_a_batch_in_channels_last_order():
+    size, cells = (20, 26), 4
+    full = rise_masks(5, 1, 30, cells, 0.5, size)
+    for c in (1, 3):  # (k, H, W, C): each value repeated over C, the same bits as the (k, H, W) masks
+        out = torch.full((12, *size, c), 7.0)
+        assert rise_masks(5, 1, 30, cells, 0.5, size, start=7, stop=19, out=out) is out
+        assert torch.equal(out, full[7:19, ..., None].expand(12, *size, c))
+    out = torch.empty(12, *size)
+    rise_masks(5, 1, 30, cells, 0.5, size, start=7, stop=19, out=out)
+    assert torch.equal(out, full[7:19])
+    for bad in (torch.empty(11, *size), torch.empty(12, 20, 25, 3), torch.empty(12, 26, 20).transpose(1, 2)):
+        with pytest.raises(ValueError, match="contiguous"):
+            rise_masks(5, 1, 30, cells, 0.5, size, start=7, stop=19, out=bad)
+
+
+@pytest.mark.parametrize(("start", "k", "block"), [(0, 30, 256), (4, 19, 5), (29, 1, 3)])
+def test_rise_weighted_sum_equals_the_sum_over_masks(start, k, block):
+    size, cells = (21, 34), 5
+    masks = rise_masks(2, 3, 30, cells, 0.4, size).double()[start : start + k]
+    w = torch.randn(k, 3, generator=torch.Generator().manual_seed(0))
+    ref = torch.einsum("kt,khw->thw", w.double(), masks)
+    got = rise_weighted_sum(2, 3, 30, cells, 0.4, size, w, start, block)
+    assert got.shape == (3, *size) and got.dtype == torch.float32
+    np.testing.assert_allclose(got.numpy(), ref.numpy(), atol=1e-5, rtol=1e-5)
 
 
 def test_draw_grids_statistics():
@@ -179,6 +208,23 @@ def test_blend_into_writes_in_place(layout):
         blend_into(view, a, b, keep)
         ref = b[None] + keep[:, None] * (a - b)[None]
         np.testing.assert_allclose(buf[1:5].numpy(), ref.expand(4, 3, 8, 6).numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("kind", ["zero", "constant", "full"])
+def test_blend_over_equals_blend_into(layout, kind):
+    g = torch.Generator().manual_seed(4)
+    x, keep = torch.rand(3, 8, 6, generator=g), torch.rand(4, 8, 6, generator=g)
+    sub = {"zero": torch.zeros(3, 1, 1), "constant": torch.rand(3, 1, 1, generator=g),
+           "full": torch.rand(3, 8, 6, generator=g)}[kind]
+    ref = blend_into(torch.empty(4, 3, 8, 6).contiguous(memory_format=layout), x, sub, keep)
+    buf = torch.full((6, 3, 8, 6), 7.0).contiguous(memory_format=layout)
+    view = buf[1:5]
+    view.copy_(keep[:, None].expand(4, 3, 8, 6))  # out holds the keep values
+    terms = blend_terms(x, sub, view)
+    assert (terms[0] is None) == (kind == "zero")
+    assert blend_over(view, *terms).data_ptr() == view.data_ptr()
+    assert torch.equal(buf[1:5], ref) and (buf[0] == 7).all() and (buf[5] == 7).all()
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])

@@ -187,6 +187,23 @@ def test_rise_equals_dense_formula(conv, conv_engine, fill, debiased):
     assert (res[0].map < 0).any() == debiased
 
 
+@pytest.mark.parametrize("fill", ["zero", "black", "blur", "mean", 0.3])
+def test_rise_inputs_are_the_same_bits_in_either_batch_layout(conv, fill):
+    """A channels-last batch gets its masks written in place (``rise_masks(out=...)`` + ``blend_over``);
+    a contiguous one the general ``blend_into``: the inputs are identical."""
+    ctx = salient.methods.ItemContext("a", conv.preprocess(CONV_IMG), conv.black())
+    q = salient.methods.RiseQuery("a", (0,), seed=2, chunk=1, n=20, cells=5, fill=fill)
+    shape = (6, *ctx.x.shape)
+    cl = torch.empty(shape).contiguous(memory_format=torch.channels_last)
+    plain = torch.empty(shape)
+    q.build(ctx, 3, 9, cl)
+    q.build(ctx, 3, 9, plain)
+    assert torch.equal(cl, plain)
+    m = rise_masks(2, 1, 20, 5, 0.5, ctx.size)[3:9, None]
+    sub = ctx.fill(fill)
+    np.testing.assert_allclose(plain.numpy(), (sub + m * (ctx.x - sub)).numpy(), atol=1e-6)
+
+
 def test_rise_same_seed_same_map_other_seed_other_map(conv, conv_engine):
     kw = dict(n_masks=100, chunk=40, cells=4)
     a = conv_engine.explain(CONV_IMG, "rise", seed=1, **kw).map

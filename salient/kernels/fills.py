@@ -76,12 +76,16 @@ def fill_tensor(fill: str | float, x: torch.Tensor, black: torch.Tensor) -> torc
     return blur(x)
 
 
+def is_channels_last(out: torch.Tensor) -> bool:
+    """A 4-D batch stored channels-last (and not also plain contiguous, as when C = 1)."""
+    return out.ndim == 4 and not out.is_contiguous() and out.is_contiguous(memory_format=torch.channels_last)
+
+
 def match_layout(t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """``t`` (C, H, W) stored like one sample of the batch ``out``: an HWC-ordered copy when ``out`` is
     channels_last (element-wise writes into it then read and write memory in order, ~3x faster on
     CPU), ``t`` itself otherwise (also when ``t`` broadcasts over H and W)."""
-    if (t.ndim == 3 and out.ndim == 4 and t.shape[-2:] != (1, 1) and not out.is_contiguous()
-            and out.is_contiguous(memory_format=torch.channels_last)):
+    if t.ndim == 3 and t.shape[-2:] != (1, 1) and is_channels_last(out):
         return t.permute(1, 2, 0).contiguous().permute(2, 0, 1)
     return t
 
@@ -89,7 +93,7 @@ def match_layout(t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
 def blend_into(out: torch.Tensor, x: torch.Tensor, substrate: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """out[k] = substrate + keep[k] · (x - substrate), written in place in one pass; keep is (n, H, W)
     in [0, 1], broadcast over channels (and frames for a clip)."""
-    if out.ndim == 4 and not out.is_contiguous() and out.is_contiguous(memory_format=torch.channels_last):
+    if is_channels_last(out):
         # channels_last: one pass per channel (a mask broadcast over the innermost C = 3 does not
         # vectorise; this is 2x faster and gives the same bits)
         shape = torch.broadcast_shapes(x.shape, substrate.shape, (out.shape[1], 1, 1))
@@ -101,3 +105,23 @@ def blend_into(out: torch.Tensor, x: torch.Tensor, substrate: torch.Tensor, keep
     k = keep.reshape(keep.shape[0], *([1] * (out.ndim - 3)), *keep.shape[-2:])
     torch.addcmul(match_layout(substrate, out), k, diff[None], out=out)
     return out
+
+
+def blend_terms(x: torch.Tensor, substrate: torch.Tensor,
+                out: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(substrate, x - substrate) for :func:`blend_over` into the batch ``out``, each stored like one of
+    its samples (full-size HWC-ordered copies under channels_last: a substrate broadcast over the
+    innermost axis does not vectorise); the substrate is None where it is 0 everywhere."""
+    diff = match_layout(x - substrate, out)
+    if substrate.numel() <= substrate.shape[0] and not bool(substrate.any()):
+        return None, diff
+    return match_layout(substrate.expand(diff.shape), out) if is_channels_last(out) else substrate, diff
+
+
+def blend_over(out: torch.Tensor, substrate: torch.Tensor | None, diff: torch.Tensor) -> torch.Tensor:
+    """out[k] = substrate + out[k] · (x - substrate) in place, where ``out`` already holds the keep
+    values (e.g. written by ``rise_masks(out=...)``) and the terms come from :func:`blend_terms`: one
+    pass over memory in order."""
+    if substrate is None:
+        return out.mul_(diff)
+    return torch.addcmul(substrate, out, diff, out=out)

@@ -56,16 +56,54 @@ def draw_grids(seed: int, chunk: int, n: int, cells: int, p: float, size: tuple[
 
 def rise_masks(
     seed: int, chunk: int, n: int, cells: int, p: float, size: tuple[int, int],
-    device: torch.device | str = "cpu", start: int = 0, stop: int | None = None,
+    device: torch.device | str = "cpu", start: int = 0, stop: int | None = None, out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Masks ``start:stop`` of chunk ``chunk`` as float32 (stop - start, H, W) on ``device``."""
+    """Masks ``start:stop`` of chunk ``chunk`` as float32 (stop - start, H, W) on ``device``.
+
+    ``out``: write them into this contiguous (stop - start, H, W) tensor instead, or into a
+    (stop - start, H, W, C) one: each mask value repeated over a last axis of C, the order in which a
+    channels-last batch stores pixels (the same bits, made by the same product with every column of
+    the horizontal interpolation repeated C times)."""
     stop = n if stop is None else stop
     grids, shifts, wy, wx = _chunk(seed, chunk, n, cells, p, tuple(size), str(device))
     h, w = size
+    k = stop - start
+    c = 1 if out is None or out.ndim == 3 else out.shape[-1]
+    if out is not None and (tuple(out.shape[:3]) != (k, h, w) or out.ndim not in (3, 4) or not out.is_contiguous()):
+        raise ValueError(f"out must be a contiguous ({k}, {h}, {w}[, C]) tensor, got {tuple(out.shape)}")
     dy, dx = shifts[start:stop, 0], shifts[start:stop, 1]
     rows = wy[dy[:, None] + torch.arange(h, device=device)]  # (k, H, s)
-    cols = wx[dx[:, None] + torch.arange(w, device=device)]  # (k, W, s)
-    return torch.bmm(torch.bmm(rows, grids[start:stop]), cols.transpose(1, 2))
+    col_index = dx[:, None] + torch.arange(w, device=device)
+    cols = wx[col_index if c == 1 else col_index.repeat_interleave(c, dim=1)]  # (k, W·C, s)
+    masks = torch.bmm(rows, grids[start:stop])
+    if out is None:
+        return torch.bmm(masks, cols.transpose(1, 2))
+    torch.bmm(masks, cols.transpose(1, 2), out=out.view(k, h, w * c))
+    return out
+
+
+def rise_weighted_sum(
+    seed: int, chunk: int, n: int, cells: int, p: float, size: tuple[int, int], weights: torch.Tensor,
+    start: int = 0, block: int = 256,
+) -> torch.Tensor:
+    """Σ_i weights[i, t] · M_i over masks ``start:start + len(weights)`` of the chunk, as float32 (T, H, W),
+    without making a mask: M_i = R_i G_i C_i^T (rows and columns of the interpolation matrices at the
+    mask's shift), so Σ_i w_i M_i = [w_1 R_1 G_1 | ... | w_k R_k G_k] @ [C_1 | ... | C_k]^T, one
+    matrix product of inner size k·s per block of ``block`` masks, summed in index order."""
+    device = weights.device
+    grids, shifts, wy, wx = _chunk(seed, chunk, n, cells, p, tuple(size), str(device))
+    h, w = size
+    k_all, t = weights.shape
+    total = torch.zeros((t * h, w), dtype=torch.float32, device=device)
+    for lo in range(0, k_all, block):
+        a, b = start + lo, start + min(lo + block, k_all)
+        k = b - a
+        rows = wy[shifts[a:b, 0, None] + torch.arange(h, device=device)]  # (k, H, s)
+        cols = wx[shifts[a:b, 1, None] + torch.arange(w, device=device)]  # (k, W, s)
+        left = weights[lo : lo + k].float().T[:, :, None, None] * torch.bmm(rows, grids[a:b])  # (T, k, H, s)
+        left = left.permute(0, 2, 1, 3).reshape(t * h, k * cells)
+        total += left @ cols.permute(1, 0, 2).reshape(w, k * cells).T
+    return total.view(t, h, w)
 
 
 @lru_cache(maxsize=32)

@@ -18,7 +18,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..kernels import blend_into, paste_boxes, rise_masks
+from ..kernels import (
+    blend_into,
+    blend_over,
+    blend_terms,
+    is_channels_last,
+    paste_boxes,
+    rise_masks,
+    rise_weighted_sum,
+)
 
 
 class ItemContext:
@@ -47,6 +55,13 @@ class ItemContext:
             from ..kernels import fill_tensor
 
             self.cache[key] = fill_tensor(kind, self.x, self.black)
+        return self.cache[key]
+
+    def blend_terms(self, kind: str | float, out: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """``kernels.blend_terms`` of this item and fill ``kind`` for batches laid out like ``out``, cached."""
+        key = ("blend", kind, is_channels_last(out))
+        if key not in self.cache:
+            self.cache[key] = blend_terms(self.x, self.fill(kind), out)
         return self.cache[key]
 
 
@@ -104,8 +119,8 @@ class ScoreQuery(Query):
 class RiseQuery(Query):
     """Masks ``start:stop`` (default all ``n``) of the ``n`` RISE masks of chunk ``chunk``: result is
     (Σ_i f_t(X_i) · M_i as float32 (T, H, W), Σ_i f_t(X_i) as (T,)) with X_i = I ⊙ M_i + fill ⊙ (1 - M_i).
-    The sum runs over mask blocks of fixed size in index order, so it does not depend on the worker's
-    batch size."""
+    The sum is made from the masks' separable factors (``kernels.rise_weighted_sum``), over blocks of
+    ``block`` masks in index order, so it does not depend on the worker's batch size."""
 
     seed: int = 0
     chunk: int = 0
@@ -113,7 +128,7 @@ class RiseQuery(Query):
     cells: int = 7
     p: float = 0.5
     fill: str | float = "zero"
-    block: int = 50
+    block: int = 256
     start: int = 0
     stop: int | None = None
 
@@ -124,22 +139,22 @@ class RiseQuery(Query):
         lo, hi = self._range()
         return hi - lo
 
-    def _masks(self, ctx, start, stop):
+    def _masks(self, ctx, start, stop, out=None):
         lo = self._range()[0]
         return rise_masks(self.seed, self.chunk, self.n, self.cells, self.p, ctx.size, ctx.device, lo + start,
-                          lo + stop)
+                          lo + stop, out)
 
     def build(self, ctx, start, stop, out):
-        blend_into(out, ctx.x, ctx.fill(self.fill), self._masks(ctx, start, stop))
+        if is_channels_last(out):  # the masks go straight into the batch, in its pixel order, then blend in place
+            self._masks(ctx, start, stop, out.permute(0, 2, 3, 1))
+            blend_over(out, *ctx.blend_terms(self.fill, out))
+        else:
+            blend_into(out, ctx.x, ctx.fill(self.fill), self._masks(ctx, start, stop))
 
     def finish(self, state, ctx):
         scores = torch.cat(state).to(ctx.device)  # (n, T)
-        total = torch.zeros((len(self.targets), *ctx.size), dtype=torch.float32, device=ctx.device)
-        n = self.size()
-        for s in range(0, n, self.block):
-            e = min(s + self.block, n)
-            m = self._masks(ctx, s, e)
-            total += (scores[s:e].T @ m.view(e - s, -1)).view_as(total)  # Σ_i f_t,i · M_i
+        lo, _ = self._range()
+        total = rise_weighted_sum(self.seed, self.chunk, self.n, self.cells, self.p, ctx.size, scores, lo, self.block)
         return total.cpu().numpy(), scores.sum(dim=0).double().cpu().numpy()
 
 
