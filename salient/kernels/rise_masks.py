@@ -54,6 +54,9 @@ def draw_grids(seed: int, chunk: int, n: int, cells: int, p: float, size: tuple[
     return grids, np.stack([dy, dx], axis=1)
 
 
+FACTOR_BLOCK = 128  # masks per cached block of factors
+
+
 def rise_masks(
     seed: int, chunk: int, n: int, cells: int, p: float, size: tuple[int, int],
     device: torch.device | str = "cpu", start: int = 0, stop: int | None = None, out: torch.Tensor | None = None,
@@ -65,45 +68,59 @@ def rise_masks(
     channels-last batch stores pixels (the same bits, made by the same product with every column of
     the horizontal interpolation repeated C times)."""
     stop = n if stop is None else stop
-    grids, shifts, wy, wx = _chunk(seed, chunk, n, cells, p, tuple(size), str(device))
     h, w = size
     k = stop - start
     c = 1 if out is None or out.ndim == 3 else out.shape[-1]
-    if out is not None and (tuple(out.shape[:3]) != (k, h, w) or out.ndim not in (3, 4) or not out.is_contiguous()):
-        raise ValueError(f"out must be a contiguous ({k}, {h}, {w}[, C]) tensor, got {tuple(out.shape)}")
-    dy, dx = shifts[start:stop, 0], shifts[start:stop, 1]
-    rows = wy[dy[:, None] + torch.arange(h, device=device)]  # (k, H, s)
-    col_index = dx[:, None] + torch.arange(w, device=device)
-    cols = wx[col_index if c == 1 else col_index.repeat_interleave(c, dim=1)]  # (k, W·C, s)
-    masks = torch.bmm(rows, grids[start:stop])
     if out is None:
-        return torch.bmm(masks, cols.transpose(1, 2))
-    torch.bmm(masks, cols.transpose(1, 2), out=out.view(k, h, w * c))
+        out = torch.empty((k, h, w), dtype=torch.float32, device=device)
+    elif tuple(out.shape[:3]) != (k, h, w) or out.ndim not in (3, 4) or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous ({k}, {h}, {w}[, C]) tensor, got {tuple(out.shape)}")
+    flat = out.view(k, h, w * c)
+    for lo, a, b in _blocks(start, stop, n):
+        rg, cols_t = _factors(seed, chunk, n, cells, p, tuple(size), str(device), c, lo)
+        torch.bmm(rg[a:b], cols_t[a:b], out=flat[lo + a - start : lo + b - start])
     return out
 
 
 def rise_weighted_sum(
     seed: int, chunk: int, n: int, cells: int, p: float, size: tuple[int, int], weights: torch.Tensor,
-    start: int = 0, block: int = 256,
+    start: int = 0,
 ) -> torch.Tensor:
     """Σ_i weights[i, t] · M_i over masks ``start:start + len(weights)`` of the chunk, as float32 (T, H, W),
     without making a mask: M_i = R_i G_i C_i^T (rows and columns of the interpolation matrices at the
     mask's shift), so Σ_i w_i M_i = [w_1 R_1 G_1 | ... | w_k R_k G_k] @ [C_1 | ... | C_k]^T, one
-    matrix product of inner size k·s per block of ``block`` masks, summed in index order."""
-    device = weights.device
-    grids, shifts, wy, wx = _chunk(seed, chunk, n, cells, p, tuple(size), str(device))
+    matrix product of inner size k·s per block of masks, summed in index order."""
     h, w = size
-    k_all, t = weights.shape
-    total = torch.zeros((t * h, w), dtype=torch.float32, device=device)
-    for lo in range(0, k_all, block):
-        a, b = start + lo, start + min(lo + block, k_all)
-        k = b - a
-        rows = wy[shifts[a:b, 0, None] + torch.arange(h, device=device)]  # (k, H, s)
-        cols = wx[shifts[a:b, 1, None] + torch.arange(w, device=device)]  # (k, W, s)
-        left = weights[lo : lo + k].float().T[:, :, None, None] * torch.bmm(rows, grids[a:b])  # (T, k, H, s)
-        left = left.permute(0, 2, 1, 3).reshape(t * h, k * cells)
-        total += left @ cols.permute(1, 0, 2).reshape(w, k * cells).T
+    t = weights.shape[1]
+    total = torch.zeros((t * h, w), dtype=torch.float32, device=weights.device)
+    for lo, a, b in _blocks(start, start + weights.shape[0], n):
+        rg, cols_t = _factors(seed, chunk, n, cells, p, tuple(size), str(weights.device), 1, lo)
+        wts = weights[lo + a - start : lo + b - start].float()  # (k, T)
+        left = (wts.T[:, :, None, None] * rg[a:b]).permute(0, 2, 1, 3).reshape(t * h, (b - a) * cells)
+        total += left @ cols_t[a:b].permute(2, 0, 1).reshape(w, (b - a) * cells).T
     return total.view(t, h, w)
+
+
+def _blocks(start: int, stop: int, n: int):
+    """(first mask of the block, start, stop within the block) for the factor blocks covering start:stop."""
+    for lo in range(start - start % FACTOR_BLOCK, stop, FACTOR_BLOCK):
+        yield lo, max(start, lo) - lo, min(stop, lo + FACTOR_BLOCK, n) - lo
+
+
+@lru_cache(maxsize=8)
+def _factors(seed: int, chunk: int, n: int, cells: int, p: float, size: tuple[int, int], device: str, channels: int,
+             lo: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For masks lo:lo + FACTOR_BLOCK of a chunk: R_i G_i as (k, H, s) and C_i^T as (k, s, W·channels),
+    every column repeated ``channels`` times; M_i = (R_i G_i) @ C_i^T. Cached: a worker makes a block's
+    masks a batch at a time. Read-only by contract."""
+    grids, shifts, wy, wx = _chunk(seed, chunk, n, cells, p, size, device)
+    hi = min(lo + FACTOR_BLOCK, n)
+    h, w = size
+    rows = wy[shifts[lo:hi, 0, None] + torch.arange(h, device=device)]  # (k, H, s)
+    col_index = shifts[lo:hi, 1, None] + torch.arange(w, device=device)
+    if channels > 1:
+        col_index = col_index.repeat_interleave(channels, dim=1)
+    return torch.bmm(rows, grids[lo:hi]), wx[col_index].transpose(1, 2)
 
 
 @lru_cache(maxsize=32)

@@ -119,8 +119,8 @@ class ScoreQuery(Query):
 class RiseQuery(Query):
     """Masks ``start:stop`` (default all ``n``) of the ``n`` RISE masks of chunk ``chunk``: result is
     (Σ_i f_t(X_i) · M_i as float32 (T, H, W), Σ_i f_t(X_i) as (T,)) with X_i = I ⊙ M_i + fill ⊙ (1 - M_i).
-    The sum is made from the masks' separable factors (``kernels.rise_weighted_sum``), over blocks of
-    ``block`` masks in index order, so it does not depend on the worker's batch size."""
+    The sum is made from the masks' separable factors (``kernels.rise_weighted_sum``), block by block in
+    index order, so it does not depend on the worker's batch size."""
 
     seed: int = 0
     chunk: int = 0
@@ -128,7 +128,6 @@ class RiseQuery(Query):
     cells: int = 7
     p: float = 0.5
     fill: str | float = "zero"
-    block: int = 256
     start: int = 0
     stop: int | None = None
 
@@ -154,7 +153,7 @@ class RiseQuery(Query):
     def finish(self, state, ctx):
         scores = torch.cat(state).to(ctx.device)  # (n, T)
         lo, _ = self._range()
-        total = rise_weighted_sum(self.seed, self.chunk, self.n, self.cells, self.p, ctx.size, scores, lo, self.block)
+        total = rise_weighted_sum(self.seed, self.chunk, self.n, self.cells, self.p, ctx.size, scores, lo)
         return total.cpu().numpy(), scores.sum(dim=0).double().cpu().numpy()
 
 
