@@ -112,15 +112,16 @@ def _factors(seed: int, chunk: int, n: int, cells: int, p: float, size: tuple[in
              lo: int) -> tuple[torch.Tensor, torch.Tensor]:
     """For masks lo:lo + FACTOR_BLOCK of a chunk: R_i G_i as (k, H, s) and C_i^T as (k, s, W·channels),
     every column repeated ``channels`` times; M_i = (R_i G_i) @ C_i^T. Cached: a worker makes a block's
-    masks a batch at a time. Read-only by contract."""
+    masks a batch at a time, then their weighted sum. Read-only by contract."""
+    if channels > 1:
+        rg, cols_t = _factors(seed, chunk, n, cells, p, size, device, 1, lo)
+        return rg, cols_t.repeat_interleave(channels, dim=2)
     grids, shifts, wy, wx = _chunk(seed, chunk, n, cells, p, size, device)
     hi = min(lo + FACTOR_BLOCK, n)
     h, w = size
     rows = wy[shifts[lo:hi, 0, None] + torch.arange(h, device=device)]  # (k, H, s)
-    col_index = shifts[lo:hi, 1, None] + torch.arange(w, device=device)
-    if channels > 1:
-        col_index = col_index.repeat_interleave(channels, dim=1)
-    return torch.bmm(rows, grids[lo:hi]), wx[col_index].transpose(1, 2)
+    cols = wx[shifts[lo:hi, 1, None] + torch.arange(w, device=device)]  # (k, W, s)
+    return torch.bmm(rows, grids[lo:hi]), cols.transpose(1, 2).contiguous()
 
 
 @lru_cache(maxsize=32)
