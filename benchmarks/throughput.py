@@ -63,6 +63,7 @@ class Bench:
     fused: torch.nn.Module | None = None  # the model as the engine's CPU workers run it (None: not fused)
     notes: list[str] = field(default_factory=list)
     rounds: int = 3  # engine rounds per method (the row is the median)
+    methods: tuple[str, ...] = ()  # the engine section's methods (empty: all)
 
 
 SECTIONS: dict[str, Callable[[Bench], None]] = {}
@@ -277,10 +278,11 @@ def engine_section(bench: Bench) -> None:
     idle (waiting for the scheduler), plus padded rows. DiDA and occlusion run again with
     ``incremental=False``: every pass a whole forward, so their ratio is the engine's overhead alone."""
     rounds = 1 if bench.quick else bench.rounds
-    jobs = engine_jobs(bench.quick)
+    jobs = [j for j in engine_jobs(bench.quick) if not bench.methods or j[0] in bench.methods]
     variants = [({}, "", jobs)]
-    if bench.fused is not None:
-        variants.append(({"incremental": False}, ", whole forwards", [j for j in jobs if j[0] != "rise"]))
+    whole = [j for j in jobs if j[0] != "rise"]
+    if bench.fused is not None and whole:
+        variants.append(({"incremental": False}, ", whole forwards", whole))
     raw_before = raw_now(bench) if bench.raw else 0.0
     for extra, label, todo in variants:
         with salient.Engine(bench.model, **{**bench.engine_opts, **extra}) as eng:
@@ -448,6 +450,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-fuse", action="store_true", help="CPU: run the model as given (no fused convolutions)")
     ap.add_argument("--rounds", type=int, default=3, help="engine rounds per method, alternating with raw runs")
+    ap.add_argument("--methods", default="", help="the engine section's methods, comma-separated (default: all)")
     args = ap.parse_args(argv)
     names = [s for s in args.only.split(",") if s] or list(SECTIONS)
     unknown = [s for s in names if s not in SECTIONS]
@@ -461,7 +464,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.no_fuse:
         opts["fuse"] = False
     device = pick_device(args.device)
-    bench = Bench(salient.load_model(args.model), image, args.quick, device, opts, rounds=max(1, args.rounds))
+    bench = Bench(salient.load_model(args.model), image, args.quick, device, opts, rounds=max(1, args.rounds),
+                  methods=tuple(m for m in args.methods.split(",") if m))
     if device.type == "cpu" and not args.no_fuse:
         bench.fused = fuse_for_cpu(bench.model.module, _batch(bench.model, CPU_BATCH_SIZE, device))
     print(f"# salient {salient.__version__}, torch {torch.__version__}, {device}, {cpu_count()} cores, "
