@@ -4,7 +4,8 @@ Sections (each a small function that prints rows; add more with ``@section``):
 - ``raw``: the model's raw forward rate (images/s) per batch size, in one stream with all intra-op
   threads and in the engine's CPU layout (one stream per core, 1 thread each), for the module as
   given and (CPU) for the fused module the engine's workers run (``salient.models.fuse``); the best
-  row of all is "raw", so the engine's ratio measures its overhead, not the fusion's gain.
+  row of all (the 3 fastest measured again, alternating) is "raw", so the engine's ratio measures its
+  overhead, not the fusion's gain.
 - ``build``: what the worker does besides the forward, per input: building masked inputs (RISE
   masks, DiDA/occlusion boxes) and RISE's on-device reduction, next to the forward's own cost.
 - ``engine``: masked forward passes/s of RISE, DiDA and occlusion through ``salient.Engine`` and their
