@@ -9,7 +9,8 @@ Sections (each a small function that prints rows; add more with ``@section``):
 - ``build``: what the worker does besides the forward, per input: building masked inputs (RISE
   masks, DiDA/occlusion boxes) and RISE's on-device reduction, next to the forward's own cost.
 - ``engine``: masked forward passes/s of RISE, DiDA and occlusion through ``salient.Engine`` and their
-  ratio to raw (goal >= 0.95); padding = forward rows that carried no query.
+  ratio to raw (goal >= 0.95), each job paired with a raw run of the same duration in random order,
+  pooled over ``--rounds`` rounds; padding = forward rows that carried no query.
 - ``captum``: occlusion (window 32, stride 16) by Captum's ``Occlusion`` (default
   ``perturbations_per_eval=1``) vs ours on the same image and target (goal: ours >= 3x faster), in
   alternating rounds; a second Captum row runs it on our fused module, to show what the fusion alone gives.
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -63,7 +65,7 @@ class Bench:
     raw_rows: list[tuple[float, int, int, int | None, torch.nn.Module, str]] = field(default_factory=list)
     fused: torch.nn.Module | None = None  # the model as the engine's CPU workers run it (None: not fused)
     notes: list[str] = field(default_factory=list)
-    rounds: int = 3  # engine rounds per method (the row is the median)
+    rounds: int = 3  # engine rounds per method (each paired with a raw run; the row pools them)
     methods: tuple[str, ...] = ()  # the engine section's methods (empty: all)
 
 
@@ -262,60 +264,71 @@ def time_forwards(executor: Any) -> list[float]:
     return spent
 
 
-def raw_now(bench: Bench) -> float:
-    """The best raw row's rate (its batch and layout) measured again now: this VM's forward rate drifts
-    by up to 30% over minutes, so each engine ratio compares with raw runs taken just before and after."""
+def raw_for(bench: Bench, seconds: float) -> tuple[int, float]:
+    """Images and seconds of the best raw row (its batch and layout) run again now for ``seconds``."""
     _, b, streams, threads, module, _ = bench.raw_rows[0]
-    n, s = raw_rate(bench.model, b, bench.device, 1.0 if bench.quick else 3.0, streams, threads, module)
-    return n / s
+    return raw_rate(bench.model, b, bench.device, seconds, streams, threads, module)
 
 
 @section("engine")
 def engine_section(bench: Bench) -> None:
-    """Masked forward passes/s per method and their ratio to the best raw forward rate measured right
-    before and after (the mean of the two); each method runs in ``--rounds`` rounds alternating with the raw
-    runs, and the row gives the median round (this VM's forward rate drifts from minute to minute).
-    The note splits the workers' wall time into forward, other work (building inputs, reducing) and
+    """Masked forward passes/s per method and their ratio to the best raw forward rate (goal >= 0.95).
+
+    This VM's forward rate changes regime every few seconds (per core, by up to 30%), and short raw
+    probes around a long job compare different regimes. So each of ``--rounds`` rounds runs one engine
+    job and one raw run of the same duration (the best raw row's layout), in a seeded random order
+    (round 1: the job first, to learn its duration); the ratio is that of the pooled rates (all forward
+    passes over all seconds, each side), and the note lists the rounds' own ratios.
+    The note also splits the workers' wall time into forward, other work (building inputs, reducing) and
     idle (waiting for the scheduler), plus padded rows. DiDA and occlusion run again with
     ``incremental=False``: every pass a whole forward, so their ratio is the engine's overhead alone."""
     rounds = 1 if bench.quick else bench.rounds
+    rng = random.Random(0)
     jobs = [j for j in engine_jobs(bench.quick) if not bench.methods or j[0] in bench.methods]
     variants = [({}, "", jobs)]
     whole = [j for j in jobs if j[0] != "rise"]
     if bench.fused is not None and whole:
         variants.append(({"incremental": False}, ", whole forwards", whole))
-    raw_before = raw_now(bench) if bench.raw else 0.0
     for extra, label, todo in variants:
         with salient.Engine(bench.model, **{**bench.engine_opts, **extra}) as eng:
             eng.explain(bench.image, "occlusion", window=112, stride=112)  # warm-up: threads, buffers, item
             ex = eng.executor
             fwd = time_forwards(ex)
             for method, params in todo:
-                runs = []
-                for _ in range(rounds):
+                runs, raws, seconds = [], [], 0.0
+                split = [0.0, 0.0, 0.0, 0, 0]  # forward s, busy s, worker wall s, rows, passes
+                for r in range(rounds):
+                    raw_first = bool(bench.raw) and r > 0 and rng.random() < 0.5
+                    if raw_first:
+                        raws.append(raw_for(bench, seconds))
                     st0, f0 = ex.stats(), fwd[0]
                     t0 = time.perf_counter()
                     s = eng.explain(bench.image, method, seed=0, **params)
-                    elapsed = time.perf_counter() - t0
+                    seconds = time.perf_counter() - t0
                     st = ex.stats()
-                    rows = st["n_forward"] - st0["n_forward"]
-                    busy, wall = st["busy_seconds"] - st0["busy_seconds"], elapsed * st["workers"]
-                    split = (f"fwd {100 * (fwd[0] - f0) / wall:.1f}% other {100 * (busy - fwd[0] + f0) / wall:.1f}% "
-                             f"idle {100 * (1 - busy / wall):.1f}%" if getattr(ex, "workers", None) else "")
-                    raw_after = raw_now(bench) if bench.raw else 0.0
-                    raw = (raw_before + raw_after) / 2
-                    rate = s.n_forward / elapsed
-                    runs.append((rate / raw if raw else 0.0, s.n_forward, elapsed, rate, raw_before, raw_after,
-                                 f"padding {100 * (1 - s.n_forward / rows):.1f}%, {split}"))
-                    raw_before = raw_after
-                runs.sort()
-                ratio, n, elapsed, rate, r0, r1, note = runs[len(runs) // 2]
-                all_ratios = " ".join(f"{r[0]:.2f}" for r in runs)
-                row("engine", f"{method} {_short(params)}{label}", n, elapsed, rate, ratio if ratio else None,
-                    note=f"rounds {all_ratios}; raw {r0:.1f}/{r1:.1f}, {note}")
+                    runs.append((s.n_forward, seconds))
+                    for k, v in enumerate((fwd[0] - f0, st["busy_seconds"] - st0["busy_seconds"],
+                                           seconds * st["workers"], st["n_forward"] - st0["n_forward"], s.n_forward)):
+                        split[k] += v
+                    if bench.raw and not raw_first:
+                        raws.append(raw_for(bench, seconds))
+                n_e, t_e = map(sum, zip(*runs, strict=True))
+                rate = n_e / t_e
+                f, busy, wall, rows, passes = split
+                note = (f"padding {100 * (1 - passes / rows):.1f}%"
+                        + (f", fwd {100 * f / wall:.1f}% other {100 * (busy - f) / wall:.1f}% "
+                           f"idle {100 * (1 - busy / wall):.1f}%" if getattr(ex, "workers", None) else ""))
+                ratio = None
+                if raws:
+                    n_r, t_r = map(sum, zip(*raws, strict=True))
+                    ratio = rate / (n_r / t_r)
+                    each = " ".join(f"{(a / b) / (c / d):.2f}" for (a, b), (c, d) in zip(runs, raws, strict=True))
+                    note = f"rounds {each}; raw {n_r / t_r:.1f}/s over {t_r:.0f} s, {note}"
+                row("engine", f"{method} {_short(params)}{label}", s.n_forward, t_e / rounds, rate, ratio, note=note)
             st = ex.stats()
     row("engine", "layout", note=f"{st.get('workers')} workers x {st.get('threads')} threads, "
-                                 f"batch {st.get('batch_size')}; ratio goal >= {RATIO_GOAL}")
+                                 f"batch {st.get('batch_size')}; ratio goal >= {RATIO_GOAL}; "
+                                 f"{rounds} round{'s' * (rounds != 1)} per row, pooled")
 
 
 def _short(params: dict[str, Any]) -> str:
@@ -450,7 +463,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-fuse", action="store_true", help="CPU: run the model as given (no fused convolutions)")
-    ap.add_argument("--rounds", type=int, default=3, help="engine rounds per method, alternating with raw runs")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="engine rounds per method, each paired with an equally long raw run")
     ap.add_argument("--methods", default="", help="the engine section's methods, comma-separated (default: all)")
     args = ap.parse_args(argv)
     names = [s for s in args.only.split(",") if s] or list(SECTIONS)
