@@ -274,8 +274,9 @@ def raw_for(bench: Bench, seconds: float) -> tuple[int, float]:
 def engine_section(bench: Bench) -> None:
     """Masked forward passes/s per method and their ratio to the best raw forward rate (goal >= 0.95).
 
-    This VM's forward rate changes regime every few seconds (per core, by up to 30%), and short raw
-    probes around a long job compare different regimes. So each of ``--rounds`` rounds runs one engine
+    This VM's forward rate changes from one few-second stretch to the next, on each core on its own
+    (2 s rates of one core: coefficient of variation ~12%), and short raw probes around a long job
+    compare different stretches. So each of ``--rounds`` rounds runs one engine
     job and one raw run of the same duration (the best raw row's layout), in a seeded random order
     (round 1: the job first, to learn its duration); the ratio is that of the pooled rates (all forward
     passes over all seconds, each side), and the note lists the rounds' own ratios.
