@@ -3,6 +3,7 @@ states and of the final map, batched = one-at-a-time, and bad inputs."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from types import SimpleNamespace
@@ -192,12 +193,15 @@ def lbfgsb_nll(x, y, start) -> np.ndarray:
     ("inside", 0, 30, 30),
 ])
 def test_fit_reaches_the_bounded_likelihood_optimum_like_lbfgsb(kind, seed, n, max_evals):
+    """The guarantee: scipy's L-BFGS-B optimum or better, within the bounds; a member batched or alone alike
+    to rounding (gp_model's docstring says why not bit for bit). The evaluation count is a loose regression
+    bound (twice what these fits take here): it depends on rounding near the optimum."""
     x, y, start = fit_problem(kind, seed, n)
     ls, evals = gm.fit_lengthscales(x, y, 0.01, start, (1.0, 20.0))
     assert ((ls >= 1 - 1e-9) & (ls <= 20 + 1e-9)).all()
     ours = gm.NegLogLikelihood(x, y, 0.01)(ls.log())[0].numpy()
     assert (ours <= lbfgsb_nll(x, y, start) + 1e-6).all()  # as good as scipy's L-BFGS-B
-    assert evals <= max_evals  # batched likelihood evaluations for all 4 members
+    assert evals <= 2 * max_evals  # batched likelihood evaluations for all 4 members
     at_bound = ((ls - 1).abs() < 1e-9) | ((ls - 20).abs() < 1e-9)
     if kind == "inside":
         assert (~at_bound).all(-1).any()  # an optimum strictly inside the box
@@ -205,7 +209,30 @@ def test_fit_reaches_the_bounded_likelihood_optimum_like_lbfgsb(kind, seed, n, m
         assert at_bound.any()
     for b in range(len(x)):  # a member's fit does not depend on the other members of its batch
         solo, _ = gm.fit_lengthscales(x[b:b + 1], y[b:b + 1], 0.01, start[b:b + 1], (1.0, 20.0))
-        assert torch.equal(solo[0], ls[b])
+        torch.testing.assert_close(solo[0], ls[b], rtol=1e-9, atol=0)
+
+
+def box_qp_minimisers(a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """argmin over [0, 1]^D of (z − c)ᵀA(z − c)/2 per member, by enumerating which variables sit at 0, at 1
+    or are free (3^D cases): the free ones solve A_FF z_F = (A c)_F − A_FB z_B; the answer is the
+    feasible candidate that meets the KKT conditions (convex: it is unique)."""
+    out = []
+    for ab, cb in zip(a, c, strict=True):
+        best = None
+        for case in itertools.product((0.0, 1.0, None), repeat=len(cb)):
+            free = torch.tensor([v is None for v in case])
+            z = torch.tensor([0.0 if v is None else v for v in case], dtype=torch.float64)
+            if free.any():
+                rhs = (ab @ cb)[free] - ab[free][:, ~free] @ z[~free]
+                z[free] = torch.linalg.solve(ab[free][:, free], rhs)
+            g = ab @ (z - cb)
+            signs = all((v == 0.0 and gi >= -1e-12) or (v == 1.0 and gi <= 1e-12)
+                        for v, gi in zip(case, g.tolist(), strict=True) if v is not None)
+            ok = signs and ((z >= -1e-12) & (z <= 1 + 1e-12)).all() and (g[free].abs() <= 1e-9).all()
+            if ok:
+                best = z
+        out.append(best)
+    return torch.stack(out)
 
 
 def test_minimize_box_known_answers():
@@ -224,15 +251,18 @@ def test_minimize_box_known_answers():
         return 0.5 * ((z - c) * g).sum(-1), g
 
     z = gm.minimize_box(quad, torch.full((6, 3), 0.5, dtype=torch.float64), 0.0, 1.0, gtol=1e-9, ftol=0.0)
-    assert len(calls) <= 15  # batched evaluations for all six
+    # a loose regression bound (10 here): near the optimum f no longer resolves a step, and the count then
+    # depends on rounding (28 before trials at f's resolution ended the search)
+    assert len(calls) <= 30
     g = quad(z)[1]
     pg = torch.where(((z <= 0) & (g > 0)) | ((z >= 1) & (g < 0)), 0.0, g)
     assert pg.abs().max() <= 1e-9 and ((z >= 0) & (z <= 1)).all()
     assert ((z == 0) | (z == 1)).any(-1).all() and ((z > 0) & (z < 1)).any()  # active bounds, free variables
-    for b in range(6):  # each member alone: the same bits
+    torch.testing.assert_close(z, box_qp_minimisers(a, c), rtol=0, atol=1e-8)  # the exact answer
+    for b in range(6):  # each member alone: the same point (to rounding, gp_model's docstring)
         solo = gm.minimize_box(lambda v, b=b: quad(v, a[b:b + 1], c[b:b + 1]),
                                torch.full((1, 3), 0.5, dtype=torch.float64), 0.0, 1.0, gtol=1e-9, ftol=0.0)
-        assert torch.equal(solo[0], z[b])
+        torch.testing.assert_close(solo[0], z[b], rtol=0, atol=1e-12)
 
     calls.clear()
 
@@ -286,14 +316,14 @@ def test_batched_posteriors_and_searches_equal_each_member_alone():
     batched = gm.Posterior.fit(x, y, ls, 0.01)
     pyramid = grid.prior_pyramid(prior)
     found = gm.ucb_argmax(batched, grid, prior, pyramid, 10.0)
-    for b in range(5):
+    for b in range(5):  # each member alone: the same posterior and search, to rounding (gp_model's docstring)
         alone = gm.Posterior.fit(x[b], y[b], ls[b], 0.01)
         for field in ("chol", "chol_inv", "alpha"):
-            assert torch.equal(getattr(batched, field)[b], getattr(alone, field)), field
+            torch.testing.assert_close(getattr(batched, field)[b], getattr(alone, field), rtol=1e-12, atol=1e-12)
         own = grid.prior_pyramid(prior[b])
-        assert all(torch.equal(pyramid[t][b], own[t]) for t in own)
+        assert all(torch.equal(pyramid[t][b], own[t]) for t in own)  # max pooling: exact by construction
         state, value, _ = gm.ucb_argmax(alone, grid, prior[b], own, 10.0)
-        assert found[b][:2] == (state, value)  # the same state and the same value, bit for bit
+        assert found[b][0] == state and found[b][1] == pytest.approx(value, rel=1e-12)
     assert len({f[0] for f in found}) > 1
 
 
@@ -513,7 +543,7 @@ def test_batched_gps_equal_one_at_a_time(region):
         region.executor.release(it.id)
     for single, batched, other in zip(singles, maps, overlapped, strict=True):
         np.testing.assert_allclose(batched[0], single, rtol=1e-6, atol=1e-7)
-        assert np.array_equal(other, batched)
+        np.testing.assert_allclose(other, batched, rtol=1e-9, atol=1e-12)  # other GP batches: to rounding
     assert not np.allclose(maps[0], maps[1])
 
 

@@ -78,7 +78,8 @@ def rise_masks(
     flat = out.view(k, h, w * c)
     for lo, a, b in _blocks(start, stop, n):
         rg, cols_t = _factors(seed, chunk, n, cells, p, tuple(size), str(device), c, lo)
-        torch.bmm(rg[a:b], cols_t[a:b], out=flat[lo + a - start : lo + b - start])
+        for i in range(a, b):  # one product per mask, of its own cached factors: its bits never depend on
+            torch.mm(rg[i], cols_t[i], out=flat[lo + i - start])  # which masks share the call (a batched one may)
     return out
 
 

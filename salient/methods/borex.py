@@ -58,7 +58,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,7 +70,7 @@ from ..kernels.boxes import box_mean, squares
 from ..saliency import Saliency
 from .base import Request, get_method, register
 from .cam import Maps
-from .gp_model import F64, Posterior, StateGrid, fit_lengthscales, mean_grid, ucb_argmax
+from .gp_model import F64, Posterior, StateGrid, fit_lengthscales, mean_grid, one_thread, ucb_argmax
 from .queries import BoxQuery
 
 REF_SIDE = 224
@@ -265,16 +264,6 @@ def _prior_params(prior: Any, given: dict[str, Any]) -> dict[str, Any]:
     return {k[6:]: v for k, v in checked.items()}
 
 
-@contextmanager
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
 def _lockstep(gens: list[Generator]) -> Generator[list, list, list]:
     """Run query generators side by side: each round yields all their queries at once; returns their values."""
     out: list[Any] = [None] * len(gens)
@@ -396,7 +385,7 @@ def _refine(reqs: list[Request], priors: list[Any], prior_params: dict[str, Any]
     ls0 = torch.tensor([opts.lengthscale] * len(members), dtype=F64)
     ls = ls0.clone()
     groups = _groups(members)
-    with _one_thread():
+    with one_thread():
         plan = [_start(m, opts) for m in members]
     for it in range(1, opts.iterations + 1):
         queries = []
@@ -407,7 +396,7 @@ def _refine(reqs: list[Request], priors: list[Any], prior_params: dict[str, Any]
             queries += [BoxQuery(reqs[m.req].item, target, boxes=boxes, mode=mode, fill=opts.fill)
                         for mode in ("keep", "delete")]
         results = yield queries
-        with _one_thread():
+        with one_thread():
             for j, (m, (states, recorded)) in enumerate(zip(members, plan, strict=True)):
                 delta = results[2 * j][:, 0].astype(np.float64) - results[2 * j + 1][:, 0].astype(np.float64)
                 score = np.tanh(opts.gain * delta) if opts.gain > 0 else delta
@@ -428,7 +417,7 @@ def _refine(reqs: list[Request], priors: list[Any], prior_params: dict[str, Any]
                     chosen = _choose([members[b] for b in idx.tolist()], post.take(idx), grid, prior, pyramid, opts)
                     for b, choice in zip(idx.tolist(), chosen, strict=True):
                         plan[b] = choice
-    with _one_thread():
+    with one_thread():
         out = [np.zeros((len(r.targets), *r.size)) for r in reqs]
         for m in members:
             out[m.req][m.t] = final_map(m.post, m.prior, m.geo)

@@ -6,14 +6,16 @@ no output scale), as the BOREx authors' scikit-learn ``Matern(nu=1.5)`` with ``a
 
 - Fitting (:func:`fit_lengthscales`): ℓ maximises log p(y | X, ℓ), computed by a gpytorch ExactGP
   (``batch_shape=(B,)``, FixedNoiseGaussianLikelihood, exact Cholesky: gpytorch's Cholesky size limit
-  is raised above n). The optimiser (:func:`minimize_box`) works in log ℓ within the bounds, as
+  is raised above n; distances from the coordinate differences, as :class:`Posterior` computes
+  them). The optimiser (:func:`minimize_box`) works in log ℓ within the bounds, as
   scikit-learn's L-BFGS-B: a projected quasi-Newton method with L-BFGS-B's model (θI and the last 10
   secant pairs; first step z − ∇f), a line search along the projected path that extrapolates until
   the weak Wolfe conditions hold (so warm starts on flat or concave ground take long steps, not a
   hundred short ones), and L-BFGS-B's tolerances (projected gradient 1e-5, relative decrease
   2.2e-9). Members of a batch share the forward/backward passes but never the optimiser state:
   every per-member quantity (direction, line search, convergence) is elementwise, so a member's
-  length scales do not depend on the other members of its batch (bit for bit; a test).
+  length scales do not depend on the other members of its batch as far as the likelihood's own
+  arithmetic does not (below).
 - Posterior (:class:`Posterior`): L = chol(K + noise·I), α = (K + noise·I)⁻¹ y; at any point
   μ(x) = k(x)ᵀα and σ²(x) = 1 − ‖L⁻¹k(x)‖², the latent variance (noise excluded, as scikit-learn's
   ``predict``). :meth:`Posterior.believe` conditions σ on pending points (kriging believer: the
@@ -32,14 +34,28 @@ no output scale), as the BOREx authors' scikit-learn ``Matern(nu=1.5)`` with ``a
   batch form one list, so each step is a few tensor operations for all of them; a state's value is
   computed by the same arithmetic in any batch (the same maps batched or one at a time). Work runs
   in chunks (large temporaries cost page faults).
-Everything is float64.
+Everything is float64, on one intra-op thread (:func:`one_thread`: the tensors are small, and the
+caller's thread count then changes no bit).
+
+Batched and alone: a member's result batched with others equals its result alone to rounding (the
+tests allow 1e-12 relative for a posterior, 1e-9 for fitted length scales, whose optimiser can
+amplify a last-bit difference), not by construction bit for bit. Every batched operation here computes
+each member from that member's data only, but the last bits of a batched BLAS/LAPACK call (MKL's
+small matrix products, Cholesky and triangular solves) and of vectorised elementwise loops (a
+vector lane or a scalar tail) may depend on where a member sits in the batch. gpytorch's distance
+(|a|² − 2a·b + |b|² as one batched matrix product) did differ with the batch at 2 threads on AVX-512
+and AVX2 machines; it is replaced by the differences themselves, after which batched and single
+members agree bit for bit on the machines we test (AVX2, AVX-512; 1 and 2 threads), which is what
+keeps ``--target top3`` maps equal to one-target runs there; elsewhere they may differ in the last
+bits, and a BOREx run that meets an exact tie in the argmax could then take another state.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 
@@ -56,6 +72,17 @@ def matern32(d: torch.Tensor) -> torch.Tensor:
     return (1.0 + s) * torch.exp(-s)
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the enclosed torch work on one intra-op thread; the caller's count is restored after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 @cache
 def _gpytorch():
     """gpytorch, imported on first use (its import warns about torch.jit.script on this torch)."""
@@ -69,6 +96,18 @@ def _gpytorch():
 def _exact_gp_class() -> type:
     gpytorch = _gpytorch()
 
+    class Matern(gpytorch.kernels.MaternKernel):
+        """gpytorch's Matern kernel with distances ‖x1 − x2‖ from the differences: gpytorch expands
+        |a|² − 2a·b + |b|² into one batched matrix product, which cancels, and whose per-member bits MKL
+        lets depend on the batch and the thread count."""
+
+        def covar_dist(self, x1, x2, diag=False, last_dim_is_batch=False, square_dist=False, **params):
+            if diag or last_dim_is_batch:
+                return super().covar_dist(x1, x2, diag=diag, last_dim_is_batch=last_dim_is_batch,
+                                          square_dist=square_dist, **params)
+            d2 = (x1[..., :, None, :] - x2[..., None, :, :]).square().sum(-1)
+            return d2 if square_dist else d2.clamp_min(1e-30).sqrt()  # gpytorch's clamp: no NaN gradient at 0
+
     class ExactGP(gpytorch.models.ExactGP):
         """Zero mean, Matern 3/2 ARD kernel with ℓ = exp(raw) (bounds are the optimiser's), no output scale."""
 
@@ -79,7 +118,7 @@ def _exact_gp_class() -> type:
             )
             super().__init__(x, y, lik)
             self.mean = gpytorch.means.ZeroMean(batch_shape=batch)
-            self.kernel = gpytorch.kernels.MaternKernel(
+            self.kernel = Matern(
                 nu=1.5, ard_num_dims=x.shape[-1], batch_shape=batch,
                 lengthscale_constraint=gpytorch.constraints.Positive(transform=torch.exp, inv_transform=torch.log),
             )
@@ -128,9 +167,10 @@ def fit_lengthscales(x: torch.Tensor, y: torch.Tensor, noise: float, start: torc
     scikit-learn's L-BFGS-B (projected gradient ``gtol``, relative decrease ``ftol``).
 
     Returns (ℓ, number of batched likelihood evaluations)."""
-    objective = NegLogLikelihood(x, y, noise)
-    z = minimize_box(objective, start.to(F64).log(), math.log(bounds[0]), math.log(bounds[1]), max_iter=max_iter,
-                     gtol=gtol, ftol=ftol)
+    with one_thread():
+        objective = NegLogLikelihood(x, y, noise)
+        z = minimize_box(objective, start.to(F64).log(), math.log(bounds[0]), math.log(bounds[1]),
+                         max_iter=max_iter, gtol=gtol, ftol=ftol)
     return z.exp(), objective.evaluations
 
 
@@ -160,7 +200,9 @@ def minimize_box(fun: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]
     minimum). A search out of tries takes its best point; one without decrease drops the pairs and the
     ε-active set and starts again from −g, and stops the member if it already was that. Stops at a
     projected gradient <= gtol when the model's predicted decrease −φ'(0)/2 is below ftol's too (or there
-    are no pairs), at a relative decrease <= ftol (L-BFGS-B's tests), or after ``max_iter`` steps.
+    are no pairs), at a relative decrease <= ftol (L-BFGS-B's tests), at a trial whose projected gradient
+    is <= gtol and whose value f cannot tell from the current one (4 ulps: the decrease tests would only
+    read rounding there), or after ``max_iter`` steps.
 
     Every member has its own state (iterate, pairs, line search, stopping) and advances by one trial per
     call of ``fun``; a stopped member is evaluated at its own point and ignored, so a member's result does
@@ -234,11 +276,15 @@ def minimize_box(fun: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]
         tries += active.long()
         dt = (gt * torch.where(moving & ~eact, d, 0.0)).sum(-1)  # φ'(t) from the right, the model's part
         high = ~(ft <= f + c1 * (g * (trial - z)).sum(-1)) | (ft >= a_f)  # no sufficient decrease, or above a
-        accept = active & ~high & (dt >= c2 * dphi0)  # the weak Wolfe conditions
+        # a trial that f cannot tell from z (within a few ulps) but that is stationary (projected gradient
+        # <= gtol) ends the search: below f's resolution the decrease tests only read rounding
+        pg_t = torch.where(((trial <= lo) & (gt > 0)) | ((trial >= hi) & (gt < 0)), 0.0, gt).abs().amax(-1)
+        level = (ft - f).abs() <= 4.0 * torch.finfo(F64).eps * f.abs()
+        accept = active & ((~high & (dt >= c2 * dphi0)) | (level & (pg_t <= gtol)))  # the weak Wolfe conditions
         # below a and still steep: t becomes a, and the next trial lies further out (bracketing) or inside (zoom);
         # high: t becomes b, and the next trial lies between a and b (zoom)
         steep = active & ~high & ~accept
-        to_b = active & high
+        to_b = active & high & ~accept
         further = _extrapolate(a_t, a_f, a_d, t, ft, dt, tmax)
         a_t, a_f, a_d = (torch.where(steep, v, u) for v, u in ((t, a_t), (ft, a_f), (dt, a_d)))
         a_x, a_g = torch.where(steep[:, None], trial, a_x), torch.where(steep[:, None], gt, a_g)
