@@ -40,9 +40,10 @@ from scipy.stats import wilcoxon
 import salient
 from salient.engine import Task
 from salient.engine.executor import Done, Unit
-from salient.methods import METHODS, Request, ScoreQuery
+from salient.methods import METHODS, Request
 from salient.methods.borex import run_batch
 from salient.metrics.curves import curve
+from salient.queries import ScoreQuery
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "camera", "coins", "horse", "clock", "hubble_deep_field",
           "moon", "immunohistochemistry")
@@ -100,10 +101,10 @@ class ParallelEvaluate:
     def __call__(self, queries: list) -> list:
         t0 = time.perf_counter()
         n = self.executor.n_workers
-        total = sum(q.size() for q in queries)
+        total = sum(q.n_inputs() for q in queries)
         units, cut, acc = [], 0, 0
         for i, q in enumerate(queries):
-            acc += q.size()
+            acc += q.n_inputs()
             if acc >= total * (len(units) + 1) / n or i == len(queries) - 1:
                 part = queries[cut:i + 1]
                 units.append(Unit(next(self.ids), part, {q.item: self.items[q.item] for q in part}))

@@ -35,7 +35,7 @@ import torch
 
 from salient.engine import Item, Scheduler, Task
 from salient.engine.executor import Done
-from salient.methods.queries import Query
+from salient.queries import Query
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class SimExecutor:
         return list(range(self.n_workers))
 
     def submit(self, w: int, unit) -> None:
-        size = unit.size
+        size = unit.n_inputs
         n_batches = math.ceil(size / self.batch_size)
         start = max(time.perf_counter(), self.free_at[w])
         self.free_at[w] = end = start + n_batches * self.batch_s

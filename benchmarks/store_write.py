@@ -1,4 +1,4 @@
-"""Store sink throughput: maps written per second and peak memory through ``salient.jobs.Store``.
+"""Store sink throughput: maps written per second and peak memory through ``salient.store.Store``.
 
 Writes N synthetic float32 maps (smooth fields plus noise, like saliency maps) with their table
 rows, in a shuffled completion order within a window (as a scheduler delivers them), then closes
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from salient.jobs.store import COMPRESSORS, SHARD_ITEMS, Store, read_results
 from salient.saliency import Saliency
+from salient.store import COMPRESSORS, SHARD_ITEMS, Store, read_results
 
 
 def rss_mb() -> float:

@@ -3,7 +3,7 @@
 Sections (each a small function that prints rows; add more with ``@section``):
 - ``raw``: the model's raw forward rate (images/s) per batch size, in one stream with all intra-op
   threads and in the engine's CPU layout (one stream per core, 1 thread each), for the module as
-  given and (CPU) for the fused module the engine's workers run (``salient.models.fuse``); the best
+  given and (CPU) for the fused module the engine's workers run (``salient.engine.fuse``); the best
   row of all (the 3 fastest measured again, alternating) is "raw", so the engine's ratio measures its
   overhead, not the fusion's gain.
 - ``build``: what the worker does besides the forward, per input: building masked inputs (RISE
@@ -41,11 +41,11 @@ import numpy as np
 import torch
 
 import salient
+from salient.engine.fuse import fuse_for_cpu
 from salient.engine.local import cpu_count
 from salient.engine.worker import CPU_BATCH_SIZE, pick_device
 from salient.kernels import grid_cells, sliding_windows
-from salient.methods import BoxQuery, ItemContext, RiseQuery
-from salient.models.fuse import fuse_for_cpu
+from salient.queries import BoxQuery, ItemContext, RiseQuery
 
 RATIO_GOAL, CAPTUM_GOAL = 0.95, 3.0
 
@@ -219,7 +219,7 @@ def build_section(bench: Bench) -> None:
         with torch.inference_mode():
             fwd = _time(lambda: module(buf), dev, repeat) / b
         row("build", f"forward (batch {b})", b, fwd * b, note=f"{1e3 * fwd:.2f} ms per input")
-        rq = RiseQuery("bench", (0,), seed=0, chunk=0, n=128)  # the default chunk
+        rq = RiseQuery("bench", (0,), seed=0, draw=0, n=128)  # a draw of the default size
         dida = BoxQuery("bench", (0,), boxes=tuple(map(tuple, grid_cells(size, 21).tolist())), fill="black")
         occ = BoxQuery("bench", (0,), boxes=tuple(map(tuple, sliding_windows(size, (32, 32), (16, 16)).tolist())))
         with torch.inference_mode():

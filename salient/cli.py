@@ -34,7 +34,8 @@ from .engine.tasks import explain_task, parse_target
 from .errors import SalientError
 from .images import Image, load_image
 from .methods import METHODS, Method, get_method
-from .metrics.curves import CURVE_KINDS
+from .methods.drive import first_round
+from .methods.metric import METRICS, metric_columns
 from .models import Model, load_model
 from .report import save_overlay, save_panel
 from .saliency import Saliency
@@ -111,7 +112,7 @@ def add_explain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layer", help="same as --set layer=PATH")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--out", default="out", metavar="DIR", help="output folder (default ./out)")
-    p.add_argument("--metrics", action="store_true", help="also compute insertion and deletion AUC of every map")
+    p.add_argument("--metrics", action="store_true", help="also compute every metric (insertion, deletion AUC)")
     p.add_argument("--executor", choices=EXECUTORS, default="local", help="local (default) or ray")
     p.add_argument("--address", help="Ray cluster address (e.g. auto); default: start a local Ray")
     p.add_argument("--workers", type=_positive_int, help="number of workers (Ray)")
@@ -165,22 +166,9 @@ def check_out(out: Path) -> None:
         raise SalientError(f"--out {out}: {parent} is not writable")
 
 
-def _first_round(gen):
-    """Generator: pass a task's first queries to the engine, feed their answers back, let the task
-    advance to its next batch of queries (which are not run), then stop. For ``explain_task`` this
-    checks the unmasked scores (finite), resolves the targets and starts the method (its parameter
-    checks against the input size) at the cost of one forward pass."""
-    try:
-        answers = yield next(gen)
-        gen.send(answers)
-    except StopIteration:
-        pass
-    finally:
-        gen.close()
-
-
 def preflight(eng: Engine, paths: Sequence[str], method: Method, params: dict, target: Any, seed: int) -> None:
-    """Decode every image and run its first round (see :func:`_first_round`); raise the first problem."""
+    """Decode every image and run its first round (:func:`~salient.methods.drive.first_round`: the unmasked
+    scores checked, the targets resolved, the method started); raise the first problem."""
     checked = method.check_params(params)
     problems: list[str] = []
 
@@ -191,7 +179,7 @@ def preflight(eng: Engine, paths: Sequence[str], method: Method, params: dict, t
             except SalientError as e:
                 problems.append(str(e))
                 continue
-            yield Task(path, item, _first_round(explain_task(item, eng.model, method.name, target, seed, checked)))
+            yield Task(path, item, first_round(explain_task(item, eng.model, method.name, target, seed, checked)))
 
     for task, out in eng.run(tasks()):
         if isinstance(out, SalientError):
@@ -222,7 +210,7 @@ def png_stems(paths: Sequence[str]) -> dict[str, str]:
 def map_line(source: str, s: Saliency, metrics: bool) -> str:
     parts = [source, s.method, f"{s.label} ({s.target})", f"score={s.base_score:.4g}"]
     if metrics:
-        parts += [f"{k}={s.metrics.get(k, float('nan')):.4f}" for k in ("insertion_auc", "deletion_auc")]
+        parts += [f"{k}={s.metrics.get(k, float('nan')):.4f}" for k in metric_columns()]
     parts += [f"n_forward={s.n_forward}", f"{s.seconds:.2f}s"]
     return "  ".join(parts)
 
@@ -299,14 +287,14 @@ def plan_explain(args: argparse.Namespace) -> ExplainPlan:
     target = parse_target(args.target, model)
     opts = {k: getattr(args, k) for k in ("address", "workers", "gpus_per_worker", "batch_size")
             if getattr(args, k) is not None}
-    return ExplainPlan(method, params, paths, out, model, target, tuple(CURVE_KINDS) if args.metrics else (), opts)
+    return ExplainPlan(method, params, paths, out, model, target, tuple(METRICS) if args.metrics else (), opts)
 
 
 def write_explanations(eng: Engine, plan: ExplainPlan, args: argparse.Namespace,
                        progress: _Progress) -> int:
     """Explain every path into the store and PNGs, printing a line per map; returns the exit status
     (0, or 2 / 1 when an item failed mid-run on its data / unexpectedly)."""
-    from .jobs.store import Store  # zarr is imported only when something is written
+    from .store import Store  # zarr is imported only when something is written
 
     m = plan.method.name
     spec = {"command": "explain", "images": plan.paths, "method": m, "params": plan.params, "target": args.target,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,11 +13,14 @@ import torch
 from toy_models import Region, toy
 
 import salient
-from salient.errors import ItemError, SalientError
-from salient.kernels.boxes import box_mean
-from salient.methods import BoxQuery, ItemContext, Request, ScoreQuery, get_method
+from salient.errors import SalientError
+from salient.kernels.geometry import box_mean
+from salient.methods import Request, get_method
 from salient.methods import borex as bx
-from salient.methods import gp_model as gm
+from salient.methods import drive as driver
+from salient.methods.bo import gp as gpm
+from salient.methods.bo import optimise, search
+from salient.queries import BoxQuery, ItemContext, ScoreQuery
 
 SIZE = 64
 BOX = (12, 28, 34, 50)  # rows 12:28, cols 34:50: the only pixels the toy's class 0 looks at
@@ -58,7 +60,7 @@ def test_maps_peak_inside_the_region_and_a_wrong_prior_is_corrected(region, imag
     assert not inside(peak(wrong))
     for method, params in (("gp", {}), ("borex", {}), ("borex", {"prior": wrong})):
         s = region.explain(image, method=method, **params)
-        assert s.signed and s.method == method
+        assert s.signed and not s.diverging and s.method == method  # shown on the relative scale
         assert inside(peak(s.map)), (method, peak(s.map))
         # the region's pixels score higher than the prior's (wrong) peak
         assert s.map[BOX[0]:BOX[1], BOX[2]:BOX[3]].mean() > s.map[42:54, 6:18].mean() + 0.2
@@ -118,17 +120,17 @@ def test_posterior_and_likelihood_match_dense_numpy_and_gpytorch():
     xc = rng.uniform(-5, 65, (40, 3))
     xc[:3] = x[:3]  # at observations too
     ls = np.array([9.0, 14.0, 4.0])
-    post = gm.Posterior.fit(torch.tensor(x), torch.tensor(y), torch.tensor(ls), 0.01)
+    post = gpm.Posterior.fit(torch.tensor(x), torch.tensor(y), torch.tensor(ls), 0.01)
     mu, sd = post.predict(torch.tensor(xc))
     mu_ref, sd_ref, nll_ref = numpy_gp(x, y, ls, 0.01, xc)
     np.testing.assert_allclose(mu.numpy(), mu_ref, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(sd.numpy(), sd_ref, rtol=1e-8, atol=1e-8)
     # the likelihood (and so the fit) is gpytorch's ExactGP; its predictive posterior agrees too
-    nll = gm.NegLogLikelihood(torch.tensor(x)[None], torch.tensor(y)[None], 0.01)
+    nll = gpm.NegLogLikelihood(torch.tensor(x)[None], torch.tensor(y)[None], 0.01)
     f, g = nll(torch.tensor(ls)[None].log())
     assert f.item() == pytest.approx(nll_ref, rel=1e-10)
     model = nll.model.eval()
-    with torch.no_grad(), gm._settings(6)[0]:
+    with torch.no_grad(), gpm._settings(6)[0]:
         pred = model(torch.tensor(xc)[None])
     np.testing.assert_allclose(pred.mean[0].numpy(), mu_ref, atol=1e-9)
     np.testing.assert_allclose(pred.variance[0].clamp_min(0).sqrt().numpy(), sd_ref, atol=1e-6)
@@ -154,14 +156,14 @@ def fit_problem(kind: str, seed: int, n: int, members: int = 4):
         x = x + rng.normal(0, [1.0, 1.0, 0.5], x.shape)
     x = torch.tensor(x)
     if kind == "inside":
-        k = gm.matern32(gm._scaled_dist(x, x, torch.tensor([6.0, 9.0, 12.0], dtype=torch.float64)))
+        k = gpm.matern32(gpm._scaled_dist(x, x, torch.tensor([6.0, 9.0, 12.0], dtype=torch.float64)))
         y = (torch.linalg.cholesky(k + 0.01 * torch.eye(n, dtype=torch.float64))
              @ torch.tensor(rng.normal(size=(members, n, 1))))[..., 0]
     else:
         y = torch.tensor(np.tanh(rng.normal(size=(members, n))))
     start = torch.tensor([[12.0, 12.0, 10.0]] * members, dtype=torch.float64)
     if kind == "warm":
-        start, _ = gm.fit_lengthscales(x[:, :-1], y[:, :-1], 0.01, start, (1.0, 20.0))
+        start, _ = gpm.fit_lengthscales(x[:, :-1], y[:, :-1], 0.01, start, (1.0, 20.0))
     elif kind == "random":
         start = torch.tensor(np.exp(rng.uniform(0, math.log(20), (members, 3))))
     return x, y, start
@@ -173,7 +175,7 @@ def lbfgsb_nll(x, y, start) -> np.ndarray:
 
     out = []
     for b in range(len(x)):
-        nll = gm.NegLogLikelihood(x[b:b + 1], y[b:b + 1], 0.01)
+        nll = gpm.NegLogLikelihood(x[b:b + 1], y[b:b + 1], 0.01)
 
         def fg(z, nll=nll):
             f, g = nll(torch.tensor(z)[None])
@@ -194,12 +196,12 @@ def lbfgsb_nll(x, y, start) -> np.ndarray:
 ])
 def test_fit_reaches_the_bounded_likelihood_optimum_like_lbfgsb(kind, seed, n, max_evals):
     """The guarantee: scipy's L-BFGS-B optimum or better, within the bounds; a member batched or alone alike
-    to rounding (gp_model's docstring says why not bit for bit). The evaluation count is a loose regression
+    to rounding ("Batched and alone" in bo/gp.py says why not bit for bit). The evaluation count is a loose regression
     bound (twice what these fits take here): it depends on rounding near the optimum."""
     x, y, start = fit_problem(kind, seed, n)
-    ls, evals = gm.fit_lengthscales(x, y, 0.01, start, (1.0, 20.0))
+    ls, evals = gpm.fit_lengthscales(x, y, 0.01, start, (1.0, 20.0))
     assert ((ls >= 1 - 1e-9) & (ls <= 20 + 1e-9)).all()
-    ours = gm.NegLogLikelihood(x, y, 0.01)(ls.log())[0].numpy()
+    ours = gpm.NegLogLikelihood(x, y, 0.01)(ls.log())[0].numpy()
     assert (ours <= lbfgsb_nll(x, y, start) + 1e-6).all()  # as good as scipy's L-BFGS-B
     assert evals <= 2 * max_evals  # batched likelihood evaluations for all 4 members
     at_bound = ((ls - 1).abs() < 1e-9) | ((ls - 20).abs() < 1e-9)
@@ -208,7 +210,7 @@ def test_fit_reaches_the_bounded_likelihood_optimum_like_lbfgsb(kind, seed, n, m
     else:
         assert at_bound.any()
     for b in range(len(x)):  # a member's fit does not depend on the other members of its batch
-        solo, _ = gm.fit_lengthscales(x[b:b + 1], y[b:b + 1], 0.01, start[b:b + 1], (1.0, 20.0))
+        solo, _ = gpm.fit_lengthscales(x[b:b + 1], y[b:b + 1], 0.01, start[b:b + 1], (1.0, 20.0))
         torch.testing.assert_close(solo[0], ls[b], rtol=1e-9, atol=0)
 
 
@@ -250,7 +252,7 @@ def test_minimize_box_known_answers():
         g = (a @ (z - c)[:, :, None])[:, :, 0]
         return 0.5 * ((z - c) * g).sum(-1), g
 
-    z = gm.minimize_box(quad, torch.full((6, 3), 0.5, dtype=torch.float64), 0.0, 1.0, gtol=1e-9, ftol=0.0)
+    z = optimise.minimize_box(quad, torch.full((6, 3), 0.5, dtype=torch.float64), 0.0, 1.0, gtol=1e-9, ftol=0.0)
     # a loose regression bound (10 here): near the optimum f no longer resolves a step, and the count then
     # depends on rounding (28 before trials at f's resolution ended the search)
     assert len(calls) <= 30
@@ -259,8 +261,8 @@ def test_minimize_box_known_answers():
     assert pg.abs().max() <= 1e-9 and ((z >= 0) & (z <= 1)).all()
     assert ((z == 0) | (z == 1)).any(-1).all() and ((z > 0) & (z < 1)).any()  # active bounds, free variables
     torch.testing.assert_close(z, box_qp_minimisers(a, c), rtol=0, atol=1e-8)  # the exact answer
-    for b in range(6):  # each member alone: the same point (to rounding, gp_model's docstring)
-        solo = gm.minimize_box(lambda v, b=b: quad(v, a[b:b + 1], c[b:b + 1]),
+    for b in range(6):  # each member alone: the same point (to rounding: "Batched and alone" in bo/gp.py)
+        solo = optimise.minimize_box(lambda v, b=b: quad(v, a[b:b + 1], c[b:b + 1]),
                                torch.full((1, 3), 0.5, dtype=torch.float64), 0.0, 1.0, gtol=1e-9, ftol=0.0)
         torch.testing.assert_close(solo[0], z[b], rtol=0, atol=1e-12)
 
@@ -270,7 +272,7 @@ def test_minimize_box_known_answers():
         calls.append(1)
         return -1e-6 * z.exp().sum(-1), -1e-6 * z.exp()
 
-    z = gm.minimize_box(slope, torch.zeros((2, 3), dtype=torch.float64), 0.0, 3.0, gtol=1e-9)
+    z = optimise.minimize_box(slope, torch.zeros((2, 3), dtype=torch.float64), 0.0, 3.0, gtol=1e-9)
     assert (z == 3.0).all() and len(calls) <= 15
 
 
@@ -289,8 +291,8 @@ def test_ucb_argmax_is_the_dense_argmax(ls):
     for n in (1, 4, 25):
         x = np.column_stack([rng.uniform(0, 224, n), rng.uniform(0, 224, n), rng.choice(bx.SIZES, n)])
         y = np.tanh(rng.normal(size=n))
-        post = gm.Posterior.fit(torch.tensor(x), torch.tensor(y), torch.tensor(ls), 0.01)
-        (ri, ci, k), value, evaluated = gm.ucb_argmax(post, grid, prior, pyramid, 10.0)
+        post = gpm.Posterior.fit(torch.tensor(x), torch.tensor(y), torch.tensor(ls), 0.01)
+        (ri, ci, k), value, evaluated = search.ucb_argmax(post, grid, prior, pyramid, 10.0)
         mu, sd, _ = numpy_gp(x, y, np.array(ls), 0.01, states.numpy())
         a = torch.tensor(mu + 10 * sd).view(nr, nc, 4) + prior[:, :, None]
         order = a.permute(1, 0, 2).flatten()  # the authors' candidate order: column, row, size
@@ -313,16 +315,16 @@ def test_batched_posteriors_and_searches_equal_each_member_alone():
     y = torch.tensor(np.tanh(rng.normal(size=(5, n))))
     ls = torch.tensor(rng.uniform(2.0, 20.0, (5, 3)))
     prior = torch.tensor(rng.normal(size=(5, nr, nc))).cumsum(1).cumsum(2) * 0.01
-    batched = gm.Posterior.fit(x, y, ls, 0.01)
+    batched = gpm.Posterior.fit(x, y, ls, 0.01)
     pyramid = grid.prior_pyramid(prior)
-    found = gm.ucb_argmax(batched, grid, prior, pyramid, 10.0)
-    for b in range(5):  # each member alone: the same posterior and search, to rounding (gp_model's docstring)
-        alone = gm.Posterior.fit(x[b], y[b], ls[b], 0.01)
+    found = search.ucb_argmax(batched, grid, prior, pyramid, 10.0)
+    for b in range(5):  # each member alone: the same posterior and search, to rounding ("Batched and alone", bo/gp.py)
+        alone = gpm.Posterior.fit(x[b], y[b], ls[b], 0.01)
         for field in ("chol", "chol_inv", "alpha"):
             torch.testing.assert_close(getattr(batched, field)[b], getattr(alone, field), rtol=1e-12, atol=1e-12)
         own = grid.prior_pyramid(prior[b])
         assert all(torch.equal(pyramid[t][b], own[t]) for t in own)  # max pooling: exact by construction
-        state, value, _ = gm.ucb_argmax(alone, grid, prior[b], own, 10.0)
+        state, value, _ = search.ucb_argmax(alone, grid, prior[b], own, 10.0)
         assert found[b][0] == state and found[b][1] == pytest.approx(value, rel=1e-12)
     assert len({f[0] for f in found}) > 1
 
@@ -331,26 +333,26 @@ def test_ucb_ties_go_to_the_first_state_in_the_authors_order():
     geo = bx.Geometry.of((32, 32), bx.Options(
         5, (30.0, 45.0), 10.0, 5.0, (1, 1, 0.5), (1, 1, 1), (1, 20), 0.01, 0.1, 1, 1, 1, True, "zero"))
     # one far observation (k underflows): a = P + 10 everywhere, P constant -> all states tie
-    post = gm.Posterior.fit(torch.tensor([[5000.0, 5000.0, 30.0]]), torch.tensor([0.3]), torch.ones(3), 0.01)
+    post = gpm.Posterior.fit(torch.tensor([[5000.0, 5000.0, 30.0]]), torch.tensor([0.3]), torch.ones(3), 0.01)
     prior = torch.zeros(32, 32)
-    assert gm.ucb_argmax(post, geo.grid, prior, geo.grid.prior_pyramid(prior), 10.0)[0] == (0, 0, 0)
+    assert search.ucb_argmax(post, geo.grid, prior, geo.grid.prior_pyramid(prior), 10.0)[0] == (0, 0, 0)
     prior[:, 0] = -1.0  # column 0 lower: the first tie is column 1, row 0
-    assert gm.ucb_argmax(post, geo.grid, prior, geo.grid.prior_pyramid(prior), 10.0)[0] == (0, 1, 0)
+    assert search.ucb_argmax(post, geo.grid, prior, geo.grid.prior_pyramid(prior), 10.0)[0] == (0, 1, 0)
 
 
 def test_mean_grid_and_believer():
     rng = np.random.default_rng(1)
     x = rng.uniform(0, 40, (5, 3))
-    post = gm.Posterior.fit(torch.tensor(x), torch.tensor(rng.normal(size=5)), torch.tensor([7.0, 5.0, 9.0]), 0.01)
+    post = gpm.Posterior.fit(torch.tensor(x), torch.tensor(rng.normal(size=5)), torch.tensor([7.0, 5.0, 9.0]), 0.01)
     rows, cols = torch.arange(13, dtype=torch.float64) * 3, torch.arange(11, dtype=torch.float64) * 4
-    grid = gm.mean_grid(post, rows, cols, 17.0, max_elems=60)  # several row chunks
+    grid = gpm.mean_grid(post, rows, cols, 17.0, max_elems=60)  # several row chunks
     rr, cc = torch.meshgrid(rows, cols, indexing="ij")
     pts = torch.stack([rr, cc, torch.full_like(rr, 17.0)], -1).view(-1, 3)
     np.testing.assert_allclose(grid.flatten().numpy(), post.predict(pts)[0].numpy(), rtol=1e-12, atol=1e-13)
     # believer: σ conditioned on a pending point as if observed at its mean; μ unchanged
     xp = torch.tensor([20.0, 21.0, 8.0])
     b = post.believe(xp)
-    full = gm.Posterior.fit(torch.cat([post.x, xp[None]]), torch.zeros(6), post.ls, 0.01)
+    full = gpm.Posterior.fit(torch.cat([post.x, xp[None]]), torch.zeros(6), post.ls, 0.01)
     np.testing.assert_allclose(b.predict(pts)[1].numpy(), full.predict(pts)[1].numpy(), atol=1e-10)
     np.testing.assert_allclose(b.predict(pts)[0].numpy(), post.predict(pts)[0].numpy(), atol=1e-12)
 
@@ -404,7 +406,7 @@ def test_matches_the_authors_loop_transcribed_with_scikit_learn():
 
 def drive(gen, score):
     """Run a method generator without an engine: BoxQuery -> score(box, mode) per box."""
-    return bx.drive(gen, lambda queries: [np.array([[score(b, q.mode)] for b in q.boxes], np.float32)
+    return driver.drive(gen, lambda queries: [np.array([[score(b, q.mode)] for b in q.boxes], np.float32)
                                           for q in queries])
 
 
@@ -487,13 +489,13 @@ def test_box_mean_and_final_map():
     geo = bx.Geometry.of((SIZE, SIZE), opts)
     assert geo.half == (9, 17)
     p = bump((20, 30))
-    post = gm.Posterior.fit(torch.tensor([[20.0, 30.0, 30.0]]), torch.zeros(1, dtype=torch.float64),
+    post = gpm.Posterior.fit(torch.tensor([[20.0, 30.0, 30.0]]), torch.zeros(1, dtype=torch.float64),
                             torch.tensor([12.0, 12.0, 10.0]), 0.01)
     np.testing.assert_allclose(bx.final_map(post, p, geo), (box_mean(p, 9) + box_mean(p, 17)) / 2, atol=1e-12)
-    post = gm.Posterior.fit(torch.tensor([[20.0, 30.0, 30.0]]), torch.ones(1, dtype=torch.float64),
+    post = gpm.Posterior.fit(torch.tensor([[20.0, 30.0, 30.0]]), torch.ones(1, dtype=torch.float64),
                             torch.tensor([12.0, 12.0, 10.0]), 0.01)
     rows = torch.arange(SIZE, dtype=torch.float64) / geo.scale
-    mus = [gm.mean_grid(post, rows, rows, s).numpy() for s in (30.0, 60.0)]
+    mus = [gpm.mean_grid(post, rows, rows, s).numpy() for s in (30.0, 60.0)]
     expect = (box_mean(p + mus[0], 9) + box_mean(p + mus[1], 17)) / 2
     np.testing.assert_allclose(bx.final_map(post, p, geo), expect, atol=1e-12)
 
@@ -547,36 +549,6 @@ def test_batched_gps_equal_one_at_a_time(region):
     assert not np.allclose(maps[0], maps[1])
 
 
-def test_overlapped_driver_runs_one_evaluation_at_a_time_in_order_and_stops_on_failure():
-    def gen(name, rounds, closed):
-        try:
-            got = []
-            for r in range(rounds):
-                got.append((yield [f"{name}{r}"]))
-            return got
-        finally:
-            closed.append(name)
-
-    asked: list = []
-    closed: list = []
-
-    def evaluate(queries):
-        asked.append(queries[0])
-        return [q.upper() for q in queries]
-
-    out = bx.drive_overlapped([gen("a", 3, closed), gen("b", 2, closed)], evaluate)
-    assert out == [[["A0"], ["A1"], ["A2"]], [["B0"], ["B1"]]]
-    assert asked == ["a0", "b0", "a1", "b1", "a2"]  # b's step runs while a's queries are evaluated, and so on
-    closed.clear()
-
-    def failing(queries):
-        return [SimpleNamespace(item="b", reason="b: broken")] if queries == ["b1"] else queries
-
-    with pytest.raises(ItemError, match="b: broken"):
-        bx.drive_overlapped([gen("a", 5, closed), gen("b", 5, closed)], failing)
-    assert sorted(closed) == ["a", "b"]  # every generator is closed
-
-
 def test_determinism_under_a_seed(region, image):
     a = region.explain(image, method="gp", iterations=6, seed=1).map
     b = region.explain(image, method="gp", iterations=6, seed=1).map
@@ -615,3 +587,31 @@ def test_constant_and_zero_priors_are_defined(region, image):
         assert first["keep"] == (23, 41, 23, 41) and np.isfinite(maps).all()
     with pytest.raises(SalientError, match="iterations must be >= 1"):
         region.explain(image, method="gp", iterations=0)
+
+
+def colour_spread(overlay_png, photo_png, alpha: float = 0.5) -> float:
+    """The per-pixel spread (std of the luminance, 0-255) of an overlay's colour layer: the overlay less
+    its photo's share, (overlay - (1 - alpha)·photo) / alpha."""
+    from PIL import Image
+
+    over, photo = (np.asarray(Image.open(p).convert("RGB"), dtype=np.float64) for p in (overlay_png, photo_png))
+    colour = (over - (1.0 - alpha) * photo) / alpha
+    return float((colour @ np.array([0.299, 0.587, 0.114])).std())
+
+
+@pytest.mark.slow
+def test_the_demos_borex_overlay_of_chelsea_has_structure(tmp_path):
+    """The demo's BOREx map of chelsea is signed but almost all negative (the GP mean of tanh(5Δ) for
+    60-px windows): on the signed red/blue scale it was a uniform blue. Shown on the relative scale,
+    its overlay's colours vary across the photo about as much as RISE's (the demo's methods, fewer
+    masks and iterations, the real model)."""
+    from salient.jobs.demo import demo_methods, run_demo
+
+    rise, _, _, borex = demo_methods()
+    rise.update(n_masks=200)
+    borex.update(iterations=12)
+    out = tmp_path / "demo"
+    run_demo(out, photos=("chelsea",), methods=[rise, {"name": "gradcampp"}, borex], echo=lambda _: None)
+    photo = out / "photos" / "chelsea.png"
+    spread = {m: colour_spread(next((out / "overlays").glob(f"chelsea_{m}_*.png")), photo) for m in ("rise", "borex")}
+    assert spread["borex"] >= 0.5 * spread["rise"], spread

@@ -12,7 +12,7 @@ import salient
 from salient.engine import Engine, Item, Task
 from salient.engine.worker import CPU_BATCH_SIZE, autotune_batch, resolve_batch_size
 from salient.errors import ItemError, SalientError
-from salient.methods import BoxQuery, ScoreQuery
+from salient.queries import BoxQuery, ScoreQuery
 
 RNG = np.random.default_rng(0)
 IMAGES = [RNG.random((32, 32, 3), dtype=np.float32) for _ in range(5)]

@@ -10,9 +10,9 @@ from torch import nn
 from toy_models import toy
 
 import salient
+from salient.engine import fuse
+from salient.engine.fuse import ACTIVATIONS, FusedConv2d, fuse_for_cpu
 from salient.engine.worker import Worker
-from salient.models import fuse
-from salient.models.fuse import ACTIVATIONS, FusedConv2d, fuse_for_cpu
 
 pytestmark = pytest.mark.skipif(not fuse.available(), reason="this torch has no oneDNN fused convolution")
 

@@ -11,12 +11,12 @@ from torch import nn
 from toy_models import toy
 
 import salient
+from salient.engine import fuse
+from salient.engine.fuse import fuse_for_cpu
+from salient.engine.incremental import plan_incremental
 from salient.engine.worker import Worker
 from salient.kernels import sliding_windows
-from salient.methods import BoxQuery
-from salient.models import fuse
-from salient.models.fuse import fuse_for_cpu
-from salient.models.incremental import plan_incremental
+from salient.queries import BoxQuery
 
 pytestmark = pytest.mark.skipif(not fuse.available(), reason="this torch has no oneDNN fused convolution")
 SIZE = 48

@@ -22,7 +22,7 @@ from salient.cli import main
 from salient.errors import SalientError
 from salient.jobs.progress import Progress
 from salient.jobs.runner import run_job
-from salient.jobs.store import read_map, read_results
+from salient.store import read_map, read_results
 
 METHODS = [{"name": "rise", "n_masks": 40, "chunk": 20}, {"name": "dida", "grids": [4, 8], "weights": [0.5, 0.5],
                                                           "targets": "top2"}]
@@ -355,7 +355,7 @@ def test_a_job_killed_before_its_first_row_resumes(tmp_path):
     is resumed, not refused."""
     from salient.jobs.runner import plan_job, prepare_out
     from salient.jobs.spec import load_spec
-    from salient.jobs.store import Store
+    from salient.store import Store
 
     folder(tmp_path)
     job = write_job(tmp_path, model=toy_spec("linear"), methods=[{"name": "rise", "n_masks": 8, "chunk": 8}],

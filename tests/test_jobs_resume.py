@@ -19,7 +19,7 @@ import zarr
 from job_toys import spec as toy_spec
 from PIL import Image as PILImage
 
-from salient.jobs.store import read_results
+from salient.store import read_results
 
 TESTS = Path(__file__).parent
 N_ITEMS = 24

@@ -30,7 +30,7 @@ from salient.kernels import (
     sliding_windows,
     squares,
 )
-from salient.kernels.fills import FillError
+from salient.kernels.fill_kinds import FillError
 
 
 def skimage_rise_masks(grids: np.ndarray, shifts: np.ndarray, size: tuple[int, int], cells: int) -> np.ndarray:
@@ -253,3 +253,37 @@ def test_match_layout():
     assert match_layout(x, torch.zeros(2, 3, 5, 4)) is x
     flat = torch.zeros(3, 1, 1)
     assert match_layout(flat, cl) is flat
+
+
+def test_queries_reach_the_kernels_only_through_the_workers_backend():
+    """The worker hands its backend to every item; a backend that records its calls sees every mask the
+    queries build, and (computing the reference's values) the results are the reference's."""
+    from toy_models import TinyConv, toy
+
+    from salient.engine.worker import Worker
+    from salient.kernels import TORCH, TorchKernels
+    from salient.queries import BoxQuery, RiseQuery
+
+    calls: list[str] = []
+
+    class Recording(TorchKernels):
+        name = "recording"
+
+    for op in ("rise_masks", "rise_weighted_sum", "paste_boxes", "blend_over", "blend_into", "fill_tensor"):
+        def wrapped(*a, _op=op, **k):
+            calls.append(_op)
+            return getattr(TORCH, _op)(*a, **k)
+        setattr(Recording, op, staticmethod(wrapped))
+
+    model = toy(TinyConv(), size=24)
+    x = torch.rand(3, 24, 24)
+    queries = [RiseQuery("a", (0, 1), seed=1, draw=0, n=6, cells=3), BoxQuery("a", (0,), boxes=((0, 8, 0, 8),))]
+    ref = Worker(model, "cpu", 2)
+    ref.put("a", x)
+    want = ref.run(queries)
+    w = Worker(model, "cpu", 2)
+    w.kernels = Recording()
+    w.put("a", x)
+    got = w.run(queries)
+    assert {"rise_masks", "rise_weighted_sum", "paste_boxes", "fill_tensor"} <= set(calls)
+    assert np.array_equal(got[0][0], want[0][0]) and np.array_equal(got[1], want[1])

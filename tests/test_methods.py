@@ -14,6 +14,7 @@ import salient
 from salient.errors import ItemError, SalientError
 from salient.kernels import rise_masks
 from salient.methods.dida import DIDA_GRIDS, DIDA_WEIGHTS
+from salient.queries import ItemContext, RiseQuery
 
 RNG = np.random.default_rng(0)
 IMG = RNG.uniform(0.05, 0.95, (32, 32, 3)).astype(np.float32)
@@ -191,8 +192,8 @@ def test_rise_equals_dense_formula(conv, conv_engine, fill, debiased):
 def test_rise_inputs_are_the_same_bits_in_either_batch_layout(conv, fill):
     """A channels-last batch gets its masks written in place (``rise_masks(out=...)`` + ``blend_over``);
     a contiguous one the general ``blend_into``: the inputs are identical."""
-    ctx = salient.methods.ItemContext("a", conv.preprocess(CONV_IMG), conv.black())
-    q = salient.methods.RiseQuery("a", (0,), seed=2, chunk=1, n=20, cells=5, fill=fill)
+    ctx = ItemContext("a", conv.preprocess(CONV_IMG), conv.black())
+    q = RiseQuery("a", (0,), seed=2, draw=1, n=20, cells=5, fill=fill)
     shape = (6, *ctx.x.shape)
     cl = torch.empty(shape).contiguous(memory_format=torch.channels_last)
     plain = torch.empty(shape)

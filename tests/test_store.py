@@ -15,9 +15,11 @@ import xarray as xr
 import zarr
 
 from salient.errors import SalientError
-from salient.jobs import store as store_mod
-from salient.jobs.store import COMPRESSORS, Store, _Writer, compact_results, item_key, read_map, read_results
 from salient.saliency import Saliency
+from salient.store import COMPRESSORS, Store, compact_results, item_key, read_map, read_results
+from salient.store import files as store_mod
+from salient.store.pipeline import _Writer
+from salient.store.shards import _ShardCodec
 
 
 def sal(m: np.ndarray, method: str = "rise", target: int = 1, label: str = "one", signed: bool = False) -> Saliency:
@@ -53,7 +55,7 @@ def test_positions_are_rows_whatever_the_order(tmp_path, monkeypatch, mode):
     """Shards written on the background threads, on the caller's, or by zarr's array API (codecs
     without a synchronous path) hold the same maps."""
     if mode == "zarr":
-        monkeypatch.setattr(store_mod._ShardCodec, "make", classmethod(lambda cls, arr: None))
+        monkeypatch.setattr(_ShardCodec, "make", classmethod(lambda cls, arr: None))
     maps = maps_for(10)
     order = [3, 0, 1, 2, 9, 5, 4, 7, 6, 8]
     with Store(tmp_path, "toy", {"a": 1}, shard_items=4, flush_rows=3, threads=0 if mode == "caller" else 2) as st:

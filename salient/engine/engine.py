@@ -13,12 +13,14 @@ import numpy as np
 
 from ..errors import SalientError
 from ..images import Image, load_image
+from ..item import Item
 from ..methods import get_method
-from ..metrics.curves import CURVE_KINDS, curve
+from ..methods.drive import lockstep
+from ..methods.metric import get_metric
 from ..models import Model, load_model
 from ..saliency import Saliency
 from .scheduler import Scheduler, Task
-from .tasks import Item, explain_task, parse_target
+from .tasks import explain_task, parse_target
 
 EXECUTORS = ("local", "ray")
 
@@ -71,19 +73,13 @@ def item_id_for(image: Image, index: int) -> str:
 
 def scored_task(item: Item, model: Model, method: str, target, seed: int, params: dict, metrics: Sequence[str],
                 metric_opts: dict):
-    """Generator: explain, then (optionally) every requested curve of every map in one batch."""
+    """Generator: explain, then every requested metric (registered names) of every map, in one round."""
     results = yield from explain_task(item, model, method, target, seed, params)
     if metrics:
-        gens = [(s, k, curve(item.id, item.size, s.map, s.target, k, **metric_opts)) for s in results for k in metrics]
-        firsts = [next(g) for _, _, g in gens]
-        answers = yield [q for f in firsts for q in f]
-        pos = 0
-        for (s, k, g), f in zip(gens, firsts, strict=True):
-            try:
-                g.send(answers[pos : pos + len(f)])
-            except StopIteration as stop:
-                s.metrics[f"{k}_auc"] = stop.value.auc
-            pos += len(f)
+        pairs = [(s, get_metric(k)) for s in results for k in metrics]
+        values = yield from lockstep([m.run(item.id, item.size, s.map, s.target, metric_opts) for s, m in pairs])
+        for (s, m), v in zip(pairs, values, strict=True):
+            s.metrics[m.column] = v
     return results
 
 
@@ -156,8 +152,7 @@ class Engine:
         checked = m.check_params(params)
         tgt = parse_target(target, self.model)
         for k in metrics:
-            if k not in CURVE_KINDS:
-                raise SalientError(f"unknown metric {k!r}; choose from {', '.join(CURVE_KINDS)}")
+            get_metric(k)  # a one-line error for an unknown name
         metric_opts = {"step": step, "substrate": substrate}
 
         def tasks():

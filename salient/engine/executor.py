@@ -10,7 +10,7 @@ whole. The scheduler decides what goes where; the executor only transports:
   worker has lost its cache, so this never depends on what the scheduler believes it holds);
 - ``wait(timeout)``: block until at least one submitted unit ends (or ``timeout`` s pass) and
   return the events: :class:`Done` (one result per query, a
-  :class:`~salient.engine.worker.QueryFailure` for a query whose item failed), :class:`Lost`
+  :class:`~salient.queries.QueryFailure` for a query whose item failed), :class:`Lost`
   (the worker died; the unit must run again, maybe elsewhere) or :class:`Failed` (running the
   unit raised);
 - ``forget(item_id)``: no live task needs the item any more (workers may drop it);
@@ -23,8 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..methods.queries import Query
-from .tasks import Item
+from ..item import Item
+from ..queries import Query
 
 
 @dataclass(eq=False)
@@ -42,8 +42,9 @@ class Unit:
     owner: Any = field(default=None, repr=False)  # the inbox of the scheduler run it belongs to
 
     @property
-    def size(self) -> int:
-        return sum(q.size() for q in self.queries)
+    def n_inputs(self) -> int:
+        """Forward passes this unit costs."""
+        return sum(q.n_inputs() for q in self.queries)
 
 
 @dataclass

@@ -19,10 +19,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from ..errors import SalientError
-from ..methods.queries import Query
+from ..item import Item
 from ..models import Model
+from ..queries import Query
 from .executor import Done, Event, Failed, Unit
-from .tasks import Item
 from .worker import Worker, default_threads, pick_device, resolve_batch_size
 
 

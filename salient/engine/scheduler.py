@@ -35,9 +35,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ItemError
+from ..item import Item
+from ..methods.drive import step
+from ..queries import QueryFailure
 from .executor import Done, Event, Failed, Lost, Unit
-from .tasks import Item
-from .worker import QueryFailure
 
 
 @dataclass
@@ -148,19 +149,12 @@ class Scheduler:
         self._advance(live, None)
 
     def _advance(self, live: _Live, value: Any) -> None:
-        """Send ``value`` to the generator; queue its next queries or finish it."""
-        while True:
-            try:
-                queries = list(live.task.gen.send(value))
-            except StopIteration as stop:
-                self._finish(live, stop.value)
-                return
-            except Exception as e:  # noqa: BLE001 - a failing task fails its item only
-                self._finish(live, e)
-                return
-            if queries:
-                break
-            value = []  # an empty batch is answered at once
+        """Send ``value`` to the generator (:func:`~salient.methods.drive.step`); queue its next queries
+        or finish it (its value, or its exception: a failing task fails its item only)."""
+        queries, outcome = step(live.task.gen, value)
+        if queries is None:
+            self._finish(live, outcome)
+            return
         unknown = next((q.item for q in queries if q.item not in self._items), None)
         if unknown is not None:
             live.task.gen.close()
@@ -168,8 +162,8 @@ class Scheduler:
             return
         live.queries, live.results, live.outstanding = queries, [None] * len(queries), len(queries)
         live.task.pending = queries
-        live.task.n_forward += sum(q.size() for q in queries)
-        for qi in sorted(range(len(queries)), key=lambda i: -queries[i].size()):  # largest first: even shards
+        live.task.n_forward += sum(q.n_inputs() for q in queries)
+        for qi in sorted(range(len(queries)), key=lambda i: -queries[i].n_inputs()):  # largest first: even shards
             self._enqueue(live, qi)
 
     def _finish(self, live: _Live, outcome: Any) -> None:
@@ -182,7 +176,7 @@ class Scheduler:
                 if dq is None:
                     continue
                 keep = deque(e for e in dq if e[0] is not live)
-                self._queued -= sum(live.queries[qi].size() for lv, qi in dq if lv is live)
+                self._queued -= sum(live.queries[qi].n_inputs() for lv, qi in dq if lv is live)
                 if keep:
                     waiting[item_id] = keep
                 else:
@@ -239,7 +233,7 @@ class Scheduler:
             while dq and size < target:
                 live, qi = dq.popleft()
                 entries.append((live, qi))
-                q_size = live.queries[qi].size()
+                q_size = live.queries[qi].n_inputs()
                 size += q_size
                 self._queued -= q_size
             if not dq:
@@ -281,7 +275,7 @@ class Scheduler:
 
     def _enqueue(self, live: _Live, qi: int, front: bool = False) -> None:
         q = live.queries[qi]
-        size = q.size()
+        size = q.n_inputs()
         self._queued += size
         waiting = self._small if size < self.executor.batch_size else self._large
         dq = waiting.get(q.item)
@@ -332,7 +326,7 @@ class Scheduler:
     def _done(self, unit: Unit, results: list[Any]) -> None:
         n = 0
         for (live, qi), r in zip(unit.entries, results, strict=True):
-            n += live.queries[qi].size() if not live.done else 0
+            n += live.queries[qi].n_inputs() if not live.done else 0
             if live.done:
                 continue
             if isinstance(r, QueryFailure):

@@ -3,30 +3,15 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
-import torch
 
 from ..errors import ItemError, SalientError
-from ..methods import Request, ScoreQuery, get_method
+from ..item import Item
+from ..methods import Request, get_method
 from ..models import Model
+from ..queries import ScoreQuery
 from ..saliency import Saliency
-
-
-@dataclass
-class Item:
-    """One input: a stable id, the preprocessed tensor (C, H, W), and where it came from."""
-
-    id: str
-    x: torch.Tensor
-    image: Any = None  # the original salient.images.Image, for overlays
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return int(self.x.shape[-2]), int(self.x.shape[-1])
 
 
 def parse_target(spec: int | str, model: Model) -> int | tuple[str, int]:
@@ -67,7 +52,7 @@ def explain_task(item: Item, model: Model, method: str, target: int | tuple[str,
     if not np.isfinite(maps).all():
         raise ItemError(f"{method} produced NaN values for item {item.id!r}")
     return [
-        Saliency(map=maps[i], signed=m.signed, method=method, target=t, label=model.label(t),
+        Saliency(map=maps[i], signed=m.signed, diverging=m.diverging, method=method, target=t, label=model.label(t),
                  base_score=float(scores[t]), seed=seed, params={**params, **resolved}, item_id=item.id,
                  seconds=time.perf_counter() - t0)
         for i, t in enumerate(targets)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,22 +22,15 @@ import torch
 from torch import nn
 
 from ..errors import ItemError, SalientError
-from ..methods.queries import ItemContext, Query
+from ..kernels import kernels_for
 from ..models import Model
-from ..models.fuse import fuse_for_cpu
-from ..models.incremental import IncrementalPlan, plan_incremental
+from ..queries import ItemContext, Query, QueryFailure, WhiteBoxQuery
+from .fuse import fuse_for_cpu
+from .incremental import IncrementalPlan, plan_incremental
 
 BATCH_CANDIDATES = (1, 2, 4, 8, 16, 32, 64)
 CPU_BATCH_SIZE = 4  # the CPU default: fixed (so two runs give the same bits); fastest measured on 2 cores
 # (through the fused module: 1.3x over batch 2 for RISE, 1.2x for occlusion; batch 8 is slower again)
-
-
-@dataclass
-class QueryFailure:
-    """The result of a query that failed for its item (bad data, NaN scores)."""
-
-    item: str
-    reason: str
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -102,9 +94,9 @@ class Worker:
     ``run(queries)`` returns one result per query, or a :class:`QueryFailure`. ``threads`` is
     applied to the calling thread at every ``run`` (torch's thread count is per thread). On CPU,
     masked forwards run through a fused copy of the module (``fuse=True``: batch norm folded,
-    activations fused into oneDNN convolutions, ~1.5-2x faster; see ``salient.models.fuse``), and
+    activations fused into oneDNN convolutions, ~1.5-2x faster; see ``salient.engine.fuse``), and
     queries whose inputs differ from their item only inside a box (occlusion, DiDA) recompute only
-    what the box changes in the early layers (``incremental=True``; ``salient.models.incremental``).
+    what the box changes in the early layers (``incremental=True``; ``salient.engine.incremental``).
     White-box queries (CAMs: hooks, gradients) always use ``module`` itself.
     """
 
@@ -125,6 +117,7 @@ class Worker:
         self.max_items = max_items
         self.items: OrderedDict[str, ItemContext] = OrderedDict()
         self.black = model.black(self.device)
+        self.kernels = kernels_for(self.device)  # the mask math for this device, handed to queries
         self.n_forward = 0
         self.n_batches = 0
         self.n_units = 0
@@ -133,7 +126,7 @@ class Worker:
         self._buffers: dict[tuple[int, ...], torch.Tensor] = {}
 
     def _fuse(self) -> nn.Module | None:
-        """The module with its convolutions fused (``salient.models.fuse``), checked on a seeded random
+        """The module with its convolutions fused (``salient.engine.fuse``), checked on a seeded random
         batch of the engine's shape; None where nothing fuses (the module then runs as it is)."""
         g = torch.Generator().manual_seed(0)
         x = torch.randn((self.batch_size, *self.model.input_shape), generator=g)
@@ -155,7 +148,7 @@ class Worker:
 
     def put(self, item_id: str, x: torch.Tensor | np.ndarray) -> None:
         x = torch.as_tensor(x, dtype=torch.float32).to(self.device)
-        self.items[item_id] = ItemContext(item_id, x, self.black)
+        self.items[item_id] = ItemContext(item_id, x, self.black, self.kernels)
         self.items.move_to_end(item_id)
         self.items_received += 1
         while len(self.items) > self.max_items:
@@ -229,10 +222,10 @@ class Worker:
                 results[qi] = QueryFailure(q.item, f"worker does not hold item {q.item!r}")
                 continue
             ctx = self.context(q.item)
-            execute = getattr(q, "execute", None)
             try:
-                if execute is not None:  # white-box queries run on their own (forward + backward)
-                    results[qi] = execute(ctx, self)
+                if isinstance(q, WhiteBoxQuery):  # on the module itself (hooks, gradients), on their own
+                    results[qi], passes = q.run(ctx, self.module)
+                    self.n_forward += passes
                     continue
                 states[qi] = q.reduce_init(ctx)
             except ItemError as e:
@@ -276,12 +269,12 @@ class Worker:
                 logits = self.forward_local(buf, items, boxes)
             else:
                 logits = self.forward_logits(buf)  # always the full batch shape
-            scores: dict[str, torch.Tensor] = {}  # per score kind: a query may ask for its own (score_kind)
+            scores: dict[str, torch.Tensor] = {}  # per score kind: a query may declare its own (score_kind)
             for qi, s, e, off, aux in pending:
                 q = queries[qi]
                 if q.item in failed:
                     continue
-                kind = getattr(q, "score_kind", None) or self.model.score_kind
+                kind = q.score_kind or self.model.score_kind
                 if kind not in scores:
                     scores[kind] = self.model.score(logits, kind)
                 sc = scores[kind][off : off + (e - s)]
@@ -296,7 +289,7 @@ class Worker:
 
         for qi in indices:
             q = queries[qi]
-            s, e = 0, q.size()
+            s, e = 0, q.n_inputs()
             while s < e:
                 if q.item in failed:
                     break

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-
-from ..errors import SalientError
 
 
 def add_subcommands(sub: argparse._SubParsersAction) -> None:
@@ -49,49 +46,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if args.strict and summary.n_errors else 0
 
 
-def show_table(out: str | Path) -> list[str]:
-    """Lines describing a store: its model and state, then per method items ok/error and mean AUCs."""
-    import zarr
-
-    from .runner import item_status
-    from .store import ZARR_NAME, read_results
-
-    out = Path(out)
-    if not (out / ZARR_NAME / "zarr.json").is_file() and not any((out / "results").glob("part-*.parquet")):
-        raise SalientError(f"{out}: not a salient store (no {ZARR_NAME} or results/)")
-    attrs = dict(zarr.open_group(out / ZARR_NAME, mode="r").attrs) if (out / ZARR_NAME).is_dir() else {}
-    df = read_results(out)
-    state = {True: "complete", False: "incomplete (rerun the same command to resume)"}.get(attrs.get("complete"), "")
-    head = f"{out}: model {attrs.get('model', '?')}, {df['position'].nunique() if len(df) else 0} items"
-    lines = [head + (f", {state}" if state else "")]
-    cols = ("method", "items", "ok", "error", "maps", "insertion_auc", "deletion_auc", "forward/item")
-    rows = []
-    status = item_status(df)
-    for m, g in df.groupby("method", sort=True):
-        per_item = status.loc[m]
-        ok = g[g["status"] == "ok"]
-        nf = g.drop_duplicates("position")["n_forward"]
-        rows.append((str(m), len(per_item), int(per_item.sum()), int((~per_item).sum()), len(ok),
-                     _mean(ok["insertion_auc"]), _mean(ok["deletion_auc"]), f"{nf.mean():.0f}" if len(nf) else "-"))
-    if not rows:
-        return [*lines, "  (no results yet)"]
-    widths = [max(len(str(r[i])) for r in (cols, *rows)) for i in range(len(cols))]
-    fmt = "  ".join(f"{{:{'<' if i == 0 else '>'}{w}}}" for i, w in enumerate(widths))
-    lines += ["  " + fmt.format(*cols), *("  " + fmt.format(*map(str, r)) for r in rows)]
-    errors = df[df["status"] == "error"]
-    for _, r in errors.head(5).iterrows():
-        lines.append(f"  error: {r['item_id']} [{r['method']}]: {r['error']}")
-    if len(errors) > 5:
-        lines.append(f"  ... {len(errors) - 5} more error rows")
-    return lines
-
-
-def _mean(s) -> str:
-    s = s.dropna()
-    return f"{s.mean():.4f}" if len(s) else "-"
-
-
 def cmd_show(args: argparse.Namespace) -> int:
+    from ..report.table import show_table
+
     for line in show_table(args.out):
         print(line)
     return 0

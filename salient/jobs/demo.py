@@ -23,8 +23,8 @@ import yaml
 from ..errors import SalientError
 from ..methods import get_method
 from ..saliency import Saliency
+from ..store import read_map, read_results
 from .spec import parse_spec
-from .store import read_map, read_results
 
 DEMO_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
 DEMO_GRIDS = (7, 11, 15)
@@ -90,9 +90,9 @@ def write_overlays(out: Path, echo: Callable[[str], None]) -> int:
     n = 0
     for (item, method), g in ok.groupby(["item_id", "method"], sort=True):
         image = load_image(g["source"].iloc[0])
-        signed = get_method(str(method)).signed
-        maps = [Saliency(read_map(out, r), signed, str(method), int(r["target"]), str(r["label"]),
-                         float(r["base_score"])) for _, r in g.iterrows()]
+        m = get_method(str(method))
+        maps = [Saliency(read_map(out, r), m.signed, str(method), int(r["target"]), str(r["label"]),
+                         float(r["base_score"]), diverging=m.diverging) for _, r in g.iterrows()]
         stem = Path(str(item)).stem
         for s in maps:
             label = "".join(c if c.isalnum() else "-" for c in s.label)[:30].strip("-")
@@ -120,7 +120,7 @@ def run_demo(out: str | Path = "demo", restart: bool = False, photos: tuple[str,
              step: int | None = DEMO_STEP, batch_size: int | None = None, progress: bool | None = None,
              echo: Callable[[str], None] = print):
     """Run the demo into ``out`` (see the module docstring); returns the JobSummary."""
-    from .commands import show_table
+    from ..report.table import show_table
     from .runner import run_job
 
     out = Path(out)

@@ -36,10 +36,10 @@ from ..engine.tasks import parse_target
 from ..errors import SalientError
 from ..methods import get_method
 from ..models import Model, load_model
+from ..store import ZARR_NAME, Store, item_status, read_results
 from .progress import Progress
 from .sources import Entry, Source, count_in_background, entry_meta, make_source, prefetch
 from .spec import JobSpec, load_spec
-from .store import ZARR_NAME, Store, read_results
 
 LOADERS = 2  # threads decoding items ahead of the engine
 
@@ -158,7 +158,7 @@ def prepare_out(plan: Plan, restart: bool) -> dict[str, Any]:
     if not exists:
         return {}
     if restart:
-        from .store import _Lock
+        from ..store.files import _Lock
 
         lock = _Lock(out / ".lock")
         try:
@@ -245,11 +245,6 @@ def verify_shards(store: Store, prev: _Previous, methods: list[str]) -> int:
             d[shard * size : (shard + 1) * size] = False
             bad_total += 1
     return bad_total
-
-
-def item_status(df) -> Any:
-    """A boolean Series indexed by (method, position): True where every row of that item is ok."""
-    return (df["status"] == "ok").groupby([df["method"], df["position"]], sort=False).all()
 
 
 def _fail(e: BaseException):

@@ -37,9 +37,9 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..engine.tasks import Item
 from ..errors import ItemError, SalientError
 from ..images import IMAGE_SUFFIXES, load_image
+from ..item import Item
 from ..models import Model
 
 SOURCE_KINDS: dict[str, type[Source]] = {}

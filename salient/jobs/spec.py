@@ -30,10 +30,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import SalientError
 from ..methods import get_method
-from ..metrics.curves import CURVE_KINDS
+from ..methods.metric import METRICS
 from ..models.loader import OPTION_KEYS
+from ..store.schema import COMPRESSORS
 from .sources import SOURCE_KINDS
-from .store import COMPRESSORS
 
 # Fields whose change changes the results: a store refuses to mix runs that differ in them.
 RESULT_FIELDS = ("model", "source", "targets", "methods", "metrics", "seed")
@@ -92,8 +92,8 @@ class MetricsSpec(_Strict):
     @classmethod
     def _known(cls, kinds: list[str]) -> list[str]:
         for k in kinds:
-            if k not in CURVE_KINDS:
-                raise ValueError(f"unknown metric {k!r}; expected one of {', '.join(CURVE_KINDS)}")
+            if k not in METRICS:
+                raise ValueError(f"unknown metric {k!r}; expected one of {', '.join(METRICS)}")
         if len(set(kinds)) != len(kinds):
             raise ValueError("a metric is listed twice")
         return kinds
@@ -108,8 +108,8 @@ class ExecutorSpec(_Strict):
     device: str | None = None
     threads: int | None = Field(default=None, ge=1)  # intra-op threads per worker
     max_live: int | None = Field(default=None, ge=1)  # tasks alive at once (None: the engine's default)
-    fuse: bool = True  # CPU: masked forwards through the fused module (salient.models.fuse)
-    incremental: bool = True  # CPU: boxes recompute only what they change (salient.models.incremental)
+    fuse: bool = True  # CPU: masked forwards through the fused module (salient.engine.fuse)
+    incremental: bool = True  # CPU: boxes recompute only what they change (salient.engine.incremental)
 
     def options(self) -> dict[str, Any]:
         """Keyword options for the executor (only those given, and the fast paths turned off)."""

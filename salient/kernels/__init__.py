@@ -1,21 +1,34 @@
-"""Mask math on the device (torch reference path, CPU and GPU)."""
+"""Mask math: host-side geometry and fill checks, and the device kernels behind a backend object.
 
-from .boxes import box_masks, grid_cells, paste_boxes, sliding_windows, squares
-from .fills import (
-    FILL_NAMES,
+- :mod:`.geometry`, :mod:`.fill_kinds`: boxes as numbers and fill names, on the host (methods use them);
+- :mod:`.backend`: the backend a worker picks for its device (:func:`kernels_for`); queries reach the
+  device kernels only through it (``ItemContext.kernels``);
+- :mod:`.torch`: the reference kernels (CPU and GPU); a ``cupy`` backend sits beside it.
+The device kernels are re-exported here for tests and benchmarks.
+"""
+
+from .backend import BACKENDS, TORCH, TorchKernels, kernels_for
+from .fill_kinds import FILL_NAMES, FillError, check_fill
+from .geometry import box_mean, grid_cells, sliding_windows, squares
+from .torch import (
     blend_into,
     blend_over,
     blend_terms,
     blur,
-    check_fill,
+    box_masks,
+    draw_grids,
     fill_tensor,
+    interp_matrix,
     is_channels_last,
     match_layout,
+    paste_boxes,
+    rise_masks,
+    rise_weighted_sum,
 )
-from .rise_masks import draw_grids, interp_matrix, rise_masks, rise_weighted_sum
 
 __all__ = [
-    "FILL_NAMES", "blend_into", "blend_over", "blend_terms", "blur", "box_masks", "check_fill", "draw_grids",
-    "fill_tensor", "grid_cells", "interp_matrix", "is_channels_last", "match_layout", "paste_boxes", "rise_masks",
-    "rise_weighted_sum", "sliding_windows", "squares",
+    "BACKENDS", "FILL_NAMES", "TORCH", "FillError", "TorchKernels", "blend_into", "blend_over", "blend_terms", "blur",
+    "box_mean", "box_masks", "check_fill", "draw_grids", "fill_tensor", "grid_cells", "interp_matrix",
+    "is_channels_last", "kernels_for", "match_layout", "paste_boxes", "rise_masks", "rise_weighted_sum",
+    "sliding_windows", "squares",
 ]

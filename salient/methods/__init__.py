@@ -2,9 +2,5 @@
 
 from . import borex, cam, cam_score, dida, occlusion, rise  # noqa: F401  (registration)
 from .base import METHODS, Method, Request, get_method, register
-from .queries import BoxQuery, CurveQuery, ItemContext, Query, RiseQuery, ScoreQuery
 
-__all__ = [
-    "METHODS", "BoxQuery", "CurveQuery", "ItemContext", "Method", "Query", "Request", "RiseQuery",
-    "ScoreQuery", "get_method", "register",
-]
+__all__ = ["METHODS", "Method", "Request", "get_method", "register"]

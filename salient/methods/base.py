@@ -1,7 +1,7 @@
 """The method contract and registry.
 
 A black-box method is a generator function ``fn(req, **params)``: it yields lists of queries
-(:mod:`salient.methods.queries`), receives their results in the same order, and returns an array
+(:mod:`salient.queries`), receives their results in the same order, and returns an array
 (T, H, W) with one map per target in ``req.targets``. It never calls the model. Generators compose
 with ``yield from`` (BOREx runs its prior this way).
 """
@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SalientError
+from .drive import first_queries
 
 MethodGen = Generator[list, list, np.ndarray]
 
@@ -37,11 +38,14 @@ class Request:
 class Method:
     name: str
     fn: Callable[..., MethodGen]
-    signed: bool
+    signed: bool  # its maps may hold negative values
     doc: str
     # Parameters that name another method, whose own parameters then arrive as ``<name>.<param>``
     # (e.g. ``prior.n_masks``), with this method's default overrides per named method (see check_nested).
     nested: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict, hash=False, compare=False)
+    # The sign of its maps means support (+) vs opposition (−) of the class, so they are shown on the
+    # diverging red/blue scale around 0 (Saliency.diverging); register sets it (default: ``signed``).
+    diverging: bool = False
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -87,25 +91,30 @@ class Method:
         before any work, instead of once per item. ``params`` are checked ones (``check_params``);
         errors other than SalientError (a method needing more of the request) are not this check's."""
         req = Request("check", tuple(size), (0,), np.zeros(1, dtype=np.float32), 0, channels)
-        gen = self.fn(req, **params)
         try:
-            next(gen)
+            first_queries(self.fn(req, **params))
         except SalientError:
             raise
-        except Exception:  # noqa: BLE001 - StopIteration (no queries) or see the docstring
+        except Exception:  # noqa: BLE001 - see the docstring
             pass
-        finally:
-            gen.close()
 
 
 METHODS: dict[str, Method] = {}
 
 
-def register(name: str, signed: bool, nested: dict[str, dict[str, dict[str, Any]]] | None = None) -> Callable:
-    """Register a method generator; ``nested`` declares parameters that name other methods (Method.nested)."""
+def register(name: str, signed: bool, nested: dict[str, dict[str, dict[str, Any]]] | None = None,
+             diverging: bool | None = None) -> Callable:
+    """Register a method generator; ``nested`` declares parameters that name other methods (Method.nested).
+
+    ``signed``: its maps may be negative. ``diverging`` (default: ``signed``): their sign means support
+    vs opposition of the class (DiDA, occlusion); False for a signed map whose sign carries no such
+    meaning (BOREx, GP), which is then shown on the relative scale of unsigned maps."""
+    if diverging and not signed:
+        raise ValueError(f"method {name}: a diverging map is signed")
 
     def deco(fn: Callable[..., MethodGen]) -> Callable[..., MethodGen]:
-        METHODS[name] = Method(name, fn, signed, (fn.__doc__ or "").strip().split("\n")[0], dict(nested or {}))
+        METHODS[name] = Method(name, fn, signed, (fn.__doc__ or "").strip().split("\n")[0], dict(nested or {}),
+                               signed if diverging is None else diverging)
         return fn
 
     return deco

@@ -12,13 +12,16 @@ stated for a 224 x 224 input (ALGORITHMS.md):
   forward passes: I_keep keeps the square [r−m, r+m) x [c−m, c+m) (clipped) and fills the rest,
   I_del fills the square (fill 0 by default). Δ = f_c(I_keep) − f_c(I_del), score = tanh(5·Δ)
   (the authors' 2·(sigmoid(10Δ) − 0.5); ``gain=0`` gives Δ itself).
-- A GP (:mod:`.gp_model`: Matern 3/2 ARD, ℓ initialised (12, 12, 10), bounded to [1, 20], no
+- A GP (:mod:`.bo.gp`: Matern 3/2 ARD, ℓ initialised (12, 12, 10), bounded to [1, 20], no
   output scale, noise 0.01) on the residuals y = score − P[r, c], refitted by maximum marginal
   likelihood after every observation. Next state: argmax over every (r, c, m) of
   P + μ + 10·σ; the GP records it with Gaussian jitter (std 1, 1, 0.5), the image is masked at the
   state itself. First state: the argmax of P with m = 30 (``gp``, or a constant prior: the centre).
 - Final map: for each m, the mean of P + μ(·, ·, m) over the (2m+1)² window around each pixel
-  (clipped at the border, AvgPool2d with count_include_pad=False), averaged over the sizes. Signed.
+  (clipped at the border, AvgPool2d with count_include_pad=False), averaged over the sizes. Signed
+  (values may be negative) but not diverging: the sign does not say support vs opposition (the GP
+  mean of tanh(5Δ) for 60-px windows on a 224 input is negative almost everywhere), only the order
+  of the values does, so the map is shown on the relative (min-max) scale of unsigned maps.
 
 Other input sizes: positions and half-sides scale with s = min(H, W) / 224 (half-side
 round(m·s) pixels); the GP works in 224-pixel units (r/s, c/s, m), so length scales, bounds and
@@ -27,10 +30,10 @@ jitter keep their meaning.
 Where we differ from the authors (each choice is a parameter):
 - the length scales are warm-started from the previous fit (``warm_start=True``); scikit-learn,
   which they use, restarts every fit from (12, 12, 10) (``warm_start=False``). Our optimiser is a
-  projected BFGS in log ℓ, not L-BFGS-B itself (gp_model); with ``warm_start=False`` the states
+  projected BFGS in log ℓ, not L-BFGS-B itself (:mod:`.bo.optimise`); with ``warm_start=False`` the states
   match a transcription of the authors' loop with scikit-learn state for state (a test).
 - the jitter comes from a generator seeded by (request seed, target index), not numpy's global one.
-- the argmax is exact but evaluates only blocks of states whose upper bound can win (gp_model);
+- the argmax is exact but evaluates only blocks of states whose upper bound can win (:mod:`.bo.search`);
   ties go to the first state in the authors' order (column, row, size), as their np.argmax.
 - a constant non-zero prior starts at the centre (their np.argmax would start at pixel (0, 0)).
 Options of ours, off by default: ``q`` states per iteration (q > 1: states 2..q chosen by the
@@ -57,21 +60,20 @@ scales, and the engine counts the forward passes: the prior's plus 2·q·iterati
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..errors import ItemError, SalientError
+from ..errors import SalientError
 from ..kernels import check_fill
-from ..kernels.boxes import box_mean, squares
-from ..saliency import Saliency
+from ..kernels.geometry import box_mean, squares
+from ..queries import BoxQuery
+from ..saliency import Maps, Saliency
 from .base import Request, get_method, register
-from .cam import Maps
-from .gp_model import F64, Posterior, StateGrid, fit_lengthscales, mean_grid, one_thread, ucb_argmax
-from .queries import BoxQuery
+from .bo import F64, Posterior, StateGrid, fit_lengthscales, mean_grid, one_thread, ucb_argmax
+from .drive import drive, drive_overlapped, lockstep
 
 REF_SIDE = 224
 RISE_PRIOR = {"n_masks": 100, "cells": 8, "p": 0.3}  # the authors' prior (SaliencyMap.generate)
@@ -118,7 +120,7 @@ class Options:
             raise SalientError(f"borex: {e}") from None
 
 
-@register("borex", signed=True, nested={"prior": {"rise": RISE_PRIOR}})
+@register("borex", signed=True, diverging=False, nested={"prior": {"rise": RISE_PRIOR}})
 def borex(
     req: Request, prior: Any = "rise", iterations: int = 50, sizes: tuple = SIZES, kappa: float = 10.0,
     gain: float = 5.0, jitter: tuple = (1.0, 1.0, 0.5), lengthscale: tuple = (12.0, 12.0, 10.0),
@@ -129,21 +131,25 @@ def borex(
 
     ``prior``: a registered method's name (its parameters as ``prior.<name>``; RISE defaults to the
     authors' 100 masks, 8 cells, p = 0.3), or a map (H, W) / (T, H, W) (numpy, torch, Saliency).
-    Costs the prior's passes plus 2·q·iterations. See the module docstring for the algorithm."""
+    Costs the prior's passes plus 2·q·iterations. See the module docstring for the algorithm. The map is
+    signed, not diverging: higher means more salient, but its sign does not mean support vs opposition."""
     opts = Options(iterations, tuple(sizes), kappa, gain, tuple(jitter), tuple(lengthscale), tuple(bounds), noise,
                    magnification, q, stride, refit_every, warm_start, fill)
     (maps,) = yield from _refine([req], [prior], _prior_params(prior, prior_params), opts)
     return maps
 
 
-@register("gp", signed=True)
+@register("gp", signed=True, diverging=False)
 def gp(
     req: Request, iterations: int = 50, sizes: tuple = SIZES, kappa: float = 10.0, gain: float = 5.0,
     jitter: tuple = (1.0, 1.0, 0.5), lengthscale: tuple = (12.0, 12.0, 10.0), bounds: tuple = (1.0, 20.0),
     noise: float = 0.01, q: int = 1, stride: int = 1, refit_every: int = 1, warm_start: bool = True,
     fill: str = "zero",
 ):
-    """GP saliency (Mokuwe et al. 2020): BOREx with a zero prior, starting at the centre."""
+    """GP saliency (Mokuwe et al. 2020): BOREx with a zero prior, starting at the centre.
+
+    The map is signed, not diverging, as BOREx's: higher means more salient, but its sign does not mean
+    support vs opposition."""
     opts = Options(iterations, tuple(sizes), kappa, gain, tuple(jitter), tuple(lengthscale), tuple(bounds), noise,
                    1.0, q, stride, refit_every, warm_start, fill)
     (maps,) = yield from _refine([req], [None], {}, opts)
@@ -189,65 +195,6 @@ def run_batch(evaluate: Callable[[list], list], reqs: Sequence[Request], method:
     return [maps for part in drive_overlapped(gens, evaluate) for maps in part]
 
 
-def drive(gen: Generator, evaluate: Callable[[list], list]) -> Any:
-    """Run a query generator to its return value with ``evaluate``; a failed query raises its ItemError."""
-    value = None
-    while True:
-        try:
-            queries = gen.send(value)
-        except StopIteration as stop:
-            return stop.value
-        value = evaluate(list(queries)) if queries else []
-        try:
-            _raise_failure(value)
-        except ItemError:
-            gen.close()
-            raise
-
-
-def drive_overlapped(gens: Sequence[Generator], evaluate: Callable[[list], list]) -> list:
-    """Run several query generators round-robin so that each one's work between two yields (a BOREx GP
-    step) overlaps the evaluation of the others' queries: ``evaluate`` runs in one helper thread, one
-    call at a time, in the order the queries were yielded. Returns the generators' values in order; a
-    failed query raises its ItemError (every generator is closed)."""
-    out: list[Any] = [None] * len(gens)
-    pending: dict[int, Future] = {}
-    live = list(range(len(gens)))
-    try:
-        with ThreadPoolExecutor(1, thread_name_prefix="salient-evaluate") as pool:
-            while live:
-                for i in list(live):
-                    value = None
-                    if i in pending:
-                        value = pending.pop(i).result()
-                        _raise_failure(value)
-                    try:
-                        queries = gens[i].send(value)
-                    except StopIteration as stop:
-                        out[i] = stop.value
-                        live.remove(i)
-                        continue
-                    pending[i] = pool.submit(evaluate, list(queries)) if queries else _done([])
-    finally:
-        for fut in pending.values():
-            fut.cancel()
-        for gen in gens:
-            gen.close()
-    return out
-
-
-def _done(value: Any) -> Future:
-    fut: Future = Future()
-    fut.set_result(value)
-    return fut
-
-
-def _raise_failure(results: list) -> None:
-    failed = next((r for r in results if hasattr(r, "reason") and hasattr(r, "item")), None)
-    if failed is not None:
-        raise ItemError(failed.reason)
-
-
 def _is_sequence_of_maps(prior: Any, n: int) -> bool:
     if isinstance(prior, (list, tuple)) and len(prior) == n and not np.isscalar(prior[0]):
         return all(not isinstance(p, str) for p in prior)
@@ -262,26 +209,6 @@ def _prior_params(prior: Any, given: dict[str, Any]) -> dict[str, Any]:
     name = prior if isinstance(prior, str) else None
     checked = get_method("borex").check_nested("prior", name, {k[6:]: v for k, v in given.items()})
     return {k[6:]: v for k, v in checked.items()}
-
-
-def _lockstep(gens: list[Generator]) -> Generator[list, list, list]:
-    """Run query generators side by side: each round yields all their queries at once; returns their values."""
-    out: list[Any] = [None] * len(gens)
-    send: dict[int, Any] = {i: None for i in range(len(gens))}
-    while send:
-        asked: dict[int, list] = {}
-        for i, value in send.items():
-            try:
-                asked[i] = list(gens[i].send(value))
-            except StopIteration as stop:
-                out[i] = stop.value
-        if not asked:
-            break
-        answers = yield [q for qs in asked.values() for q in qs]
-        send, pos = {}, 0
-        for i, qs in asked.items():
-            send[i], pos = answers[pos : pos + len(qs)], pos + len(qs)
-    return out
 
 
 def prior_maps(req: Request, value: Any) -> np.ndarray:
@@ -372,7 +299,7 @@ def _refine(reqs: list[Request], priors: list[Any], prior_params: dict[str, Any]
     ``trace`` (tests) receives (iteration, member, (row, col, size index), recorded GP coordinates)."""
     names = {i: p for i, p in enumerate(priors) if isinstance(p, str)}
     gens = {i: get_method(p).fn(reqs[i], **prior_params) for i, p in names.items()}
-    computed = dict(zip(gens, (yield from _lockstep(list(gens.values()))), strict=True))
+    computed = dict(zip(gens, (yield from lockstep(list(gens.values()))), strict=True))
     geos: dict[tuple[int, int], Geometry] = {}
     members: list[Member] = []
     for i, req in enumerate(reqs):

@@ -22,25 +22,13 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ItemError
+from ..queries import ItemContext, WhiteBoxQuery
+from ..saliency import Maps
 from .base import Request, register
 from .cam_layers import capture, model_input, resolve_layer
-from .queries import ItemContext, Query
 
 EPS_PLUSPLUS = 1e-6
 EPS_MINMAX = 1e-7
-
-
-class Maps(np.ndarray):
-    """Float32 maps (T, ...) that also carry resolved parameters (``params``, e.g. the CAM layer
-    actually used); the engine merges them into each Saliency's parameters. Behaves as an array."""
-
-    def __new__(cls, maps: Any, params: dict[str, Any]) -> Maps:
-        obj = np.asarray(maps, dtype=np.float32).view(cls)
-        obj.params = dict(params)
-        return obj
-
-    def __array_finalize__(self, obj: Any) -> None:
-        self.params = getattr(obj, "params", {})
 
 
 def _minmax(cam: torch.Tensor) -> torch.Tensor:
@@ -94,17 +82,13 @@ def _logits(out: Any) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class GradCamQuery(Query):
+class GradCamQuery(WhiteBoxQuery):
     """One forward and one backward per target on the worker; result: (layer label, maps (T, *shape))."""
 
     layer: str = ""
     kind: str = "gradcam"
 
-    def size(self) -> int:
-        return 1
-
-    def execute(self, ctx: ItemContext, worker: Any) -> tuple[str, np.ndarray]:
-        module = worker.module
+    def run(self, ctx: ItemContext, module: torch.nn.Module) -> tuple[tuple[str, np.ndarray], int]:
         layer = resolve_layer(module, self.layer, model_input(ctx.x))
         with torch.inference_mode(False), torch.enable_grad():
             x = model_input(ctx.x.clone()).requires_grad_(True)  # so every layer's output has a grad path
@@ -114,7 +98,6 @@ class GradCamQuery(Query):
                 except Exception as e:  # noqa: BLE001 - the model's own failure, one line
                     raise ItemError(f"{self.kind}: forward pass failed: {str(e).splitlines()[0]}") from None
             logits = _logits(out)
-            worker.n_forward += 1
             act = box.get("act")
             if act is None:
                 raise ItemError(f"{self.kind}: layer {layer.label!r} did not run in this forward pass")
@@ -132,7 +115,7 @@ class GradCamQuery(Query):
                 grads.append(g[0])
         acts = act[0].detach().float()
         weights = WEIGHTS[self.kind](acts, torch.stack(grads).float())
-        return layer.label, cam_maps(weights, acts, tuple(ctx.x.shape[1:]))
+        return (layer.label, cam_maps(weights, acts, tuple(ctx.x.shape[1:]))), 1
 
 
 def _gradient_cam(req: Request, layer: str, kind: str):

@@ -15,38 +15,35 @@ so the map is bitwise the same as with one pass per channel.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..errors import SalientError
+from ..queries import ItemContext, Query, WhiteBoxQuery
+from ..saliency import Maps
 from .base import Request, register
-from .cam import Maps, cam_maps
+from .cam import cam_maps
 from .cam_layers import capture, model_input, resolve_layer
-from .queries import ItemContext, Query
 
 EPS_MASK = 1e-8
 
 
 @dataclass(frozen=True)
-class ActivationQuery(Query):
+class ActivationQuery(WhiteBoxQuery):
     """One forward pass on the worker; result: (layer label, A (K, *s) float32, input shape (H, W) or (T, H, W))."""
 
     layer: str = ""
 
-    def size(self) -> int:
-        return 1
-
-    def execute(self, ctx: ItemContext, worker: Any) -> tuple[str, np.ndarray, tuple[int, ...]]:
+    def run(self, ctx: ItemContext, module: torch.nn.Module) -> tuple[tuple[str, np.ndarray, tuple[int, ...]], int]:
         x = model_input(ctx.x)
-        layer = resolve_layer(worker.module, self.layer, x)
+        layer = resolve_layer(module, self.layer, x)
         with torch.inference_mode(), capture(layer, grad=False) as box:
-            worker.module(x)
-        worker.n_forward += 1
+            module(x)
         act = box["act"][0].float().cpu().numpy().copy()
-        return layer.label, act, tuple(ctx.x.shape[1:])
+        return (layer.label, act, tuple(ctx.x.shape[1:])), 1
 
 
 def score_masks(acts: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
@@ -66,7 +63,7 @@ class ScoreCamQuery(Query):
     score_kind: ClassVar[str] = "logit"  # the worker scores these inputs with raw logits
     acts: np.ndarray = field(default_factory=lambda: np.zeros((0, 1, 1), np.float32))
 
-    def size(self) -> int:
+    def n_inputs(self) -> int:
         return len(self.acts)
 
     def build(self, ctx, start, stop, out):

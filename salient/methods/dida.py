@@ -6,8 +6,8 @@ import numpy as np
 
 from ..errors import SalientError
 from ..kernels import check_fill, grid_cells
+from ..queries import BoxQuery
 from .base import Request, register
-from .queries import BoxQuery
 
 DIDA_GRIDS = (7, 9, 11, 13, 15, 17, 19, 21)
 DIDA_WEIGHTS = (0.044, 0.067, 0.085, 0.105, 0.130, 0.156, 0.188, 0.225)

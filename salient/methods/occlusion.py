@@ -6,8 +6,8 @@ import numpy as np
 
 from ..errors import SalientError
 from ..kernels import sliding_windows
+from ..queries import BoxQuery
 from .base import Request, register
-from .queries import BoxQuery
 
 
 def _pair(v: tuple, name: str) -> tuple[int, int]:

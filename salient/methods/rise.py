@@ -8,8 +8,8 @@ import numpy as np
 
 from ..errors import SalientError
 from ..kernels import check_fill
+from ..queries import RiseQuery
 from .base import Request, register
-from .queries import RiseQuery
 
 QUERY_MASKS = 16
 
@@ -37,7 +37,7 @@ def rise(
     queries = []
     for i in range(math.ceil(n_masks / chunk)):
         n = min(chunk, n_masks - i * chunk)
-        queries += [RiseQuery(req.item, req.targets, seed=req.seed, chunk=i, n=n, cells=cells, p=p, fill=fill,
+        queries += [RiseQuery(req.item, req.targets, seed=req.seed, draw=i, n=n, cells=cells, p=p, fill=fill,
                               start=s, stop=min(s + QUERY_MASKS, n)) for s in range(0, n, QUERY_MASKS)]
     partial = yield queries
     weighted = np.zeros((len(req.targets), *req.size), dtype=np.float64)

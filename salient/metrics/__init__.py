@@ -1,4 +1,7 @@
-"""Metrics that judge maps: insertion/deletion curves (more in later modules)."""
+"""Metrics that judge maps. Each module registers its metrics in the registry
+(:data:`salient.methods.metric.METRICS`: a query generator and a results-table column); importing
+this package registers them all. :mod:`.curves`: insertion and deletion (RISE's causal metrics).
+A new metric is one module here plus its ``register_metric``."""
 
 from __future__ import annotations
 

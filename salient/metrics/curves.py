@@ -16,7 +16,8 @@ import numpy as np
 
 from ..errors import SalientError
 from ..kernels import check_fill
-from ..methods.queries import CurveQuery
+from ..methods.metric import register_metric
+from ..queries import CurveQuery
 
 CURVE_KINDS = ("insertion", "deletion")
 
@@ -68,3 +69,17 @@ def curve(item: str, size: tuple[int, int], saliency: np.ndarray, target: int, k
     results = yield [CurveQuery(item, (int(target),), saliency=sal, counts=p, base=base, top=top) for p in parts]
     scores = np.concatenate(results)[:, 0].astype(np.float64)
     return Curve(kind, int(target), counts, scores, auc(scores))
+
+
+@register_metric("insertion", column="insertion_auc")
+def insertion_auc(item: str, size: tuple[int, int], saliency: np.ndarray, target: int, step: int | None = None,
+                  substrate: str | float | None = None):
+    """Insertion AUC: pixels moved from the substrate (blur(I) by default) to I in order of saliency."""
+    return (yield from curve(item, size, saliency, target, "insertion", step=step, substrate=substrate)).auc
+
+
+@register_metric("deletion", column="deletion_auc")
+def deletion_auc(item: str, size: tuple[int, int], saliency: np.ndarray, target: int, step: int | None = None,
+                 substrate: str | float | None = None):
+    """Deletion AUC: pixels moved from I to the substrate (fill 0 by default) in order of saliency."""
+    return (yield from curve(item, size, saliency, target, "deletion", step=step, substrate=substrate)).auc

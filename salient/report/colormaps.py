@@ -1,11 +1,13 @@
 """Colour rules for saliency maps (no resizing, no photo): values in, RGB floats in [0, 1] out.
 
-- Signed maps (DiDA's display): red for d >= 0, blue for d < 0, black for 0. Brightness
+- Diverging maps (signed maps whose sign means support vs opposition of the class: DiDA's display,
+  occlusion; ``Saliency.diverging``): red for d >= 0, blue for d < 0, black for 0. Brightness
   a(d) = min(|d| / scale, 1): increasing in |d| and clipped at full. ``scale`` defaults to the
   99.5th percentile of |d| over the map, so a few outliers saturate instead of dimming the rest.
-- Unsigned maps: min-max normalised to [0, 1], then looked up in a sequential matplotlib colour
-  map sampled at 256 levels (``inferno`` by default: dark = low, bright = high, lightness monotone
-  in the value).
+- All other maps, unsigned ones and signed ones whose sign means nothing of the kind (BOREx, GP):
+  min-max normalised to [0, 1] (relative: only the order of the values counts), then looked up in a
+  sequential matplotlib colour map sampled at 256 levels (``inferno`` by default: dark = low, bright =
+  high, lightness monotone in the value).
 """
 
 from __future__ import annotations
@@ -60,5 +62,5 @@ def colormap_lut(cmap: str = DEFAULT_CMAP) -> np.ndarray:
 
 
 def colorize(m: np.ndarray, signed: bool, scale: float | None = None, cmap: str = DEFAULT_CMAP) -> np.ndarray:
-    """The colour rule of a map: signed red/blue on black, or unsigned sequential."""
+    """The colour rule of a map: red/blue on black when ``signed`` (a diverging map), else sequential."""
     return signed_colors(m, scale) if signed else sequential_colors(m, cmap)

@@ -2,7 +2,7 @@
 
 overlay = (1 − alpha) · photo + alpha · colour(map resized to the photo), in 8-bit RGB. The map is
 resized bilinearly from the model's input resolution to the original (H0, W0) first, then coloured
-(:mod:`salient.report.colormaps`), so a signed map keeps zero = black and its scale is the one of
+(:mod:`salient.report.colormaps`), so a diverging map keeps zero = black and its scale is the one of
 the map itself. A video map (T, H, W) is shown as its mean over t.
 """
 
@@ -38,22 +38,24 @@ def to_uint8(x: np.ndarray) -> np.ndarray:
 
 
 def overlay(image: Image | np.ndarray | str | os.PathLike, saliency: Saliency | np.ndarray, alpha: float = 0.5,
-            signed: bool | None = None, scale: float | None = None, cmap: str = DEFAULT_CMAP) -> np.ndarray:
+            diverging: bool | None = None, scale: float | None = None, cmap: str = DEFAULT_CMAP) -> np.ndarray:
     """uint8 (H0, W0, 3): the photo blended with the coloured map (see the module docstring).
 
-    ``saliency`` is a :class:`Saliency` or a bare map (then ``signed`` says how to colour it);
-    ``scale`` is the |d| at full brightness of a signed map (default: its 99.5th percentile of |d|).
+    ``saliency`` is a :class:`Saliency`, coloured by its ``diverging``: the red/blue scale around 0 for
+    maps whose sign means support vs opposition, else the relative sequential scale (``diverging``
+    overrides it), or a bare map (then ``diverging`` says which); ``scale`` is the |d| at full brightness
+    of a diverging map (default: its 99.5th percentile of |d|).
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
     img = load_image(image)
     if isinstance(saliency, Saliency):
-        m, signed = saliency.map, saliency.signed if signed is None else signed
+        m, diverging = saliency.map, saliency.diverging if diverging is None else diverging
     else:
-        m, signed = np.asarray(saliency, dtype=np.float32), bool(signed)
-    if signed and scale is None:
+        m, diverging = np.asarray(saliency, dtype=np.float32), bool(diverging)
+    if diverging and scale is None:
         scale = signed_scale(m)
-    colour = colorize(resize_map(m, img.size), signed, scale, cmap)
+    colour = colorize(resize_map(m, img.size), diverging, scale, cmap)
     return to_uint8((1.0 - alpha) * img.pixels + alpha * colour)
 
 

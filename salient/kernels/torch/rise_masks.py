@@ -1,11 +1,12 @@
-"""RISE masks (Petsiuk et al. 2018) generated on the device from (seed, chunk).
+"""RISE masks (Petsiuk et al. 2018) generated on the device from (seed, draw): a draw is one block of
+masks drawn together from one random stream (the method's ``chunk`` parameter sets its size).
 
 Mask i: a grid G ~ Bernoulli(p)^(s x s); cell = ceil(H/s), ceil(W/s); G is upsampled bilinearly to
 ((s+1)·cell_h, (s+1)·cell_w) with skimage's ``resize(order=1, mode="reflect")`` semantics
 (pixel-centre coordinates, mirror boundary), then an H x W window is cropped at a uniform random
 integer offset in [0, cell_h) x [0, cell_w). Upsampling is separable, so a mask is
 ``Wy[dy:dy+H] @ G @ Wx[dx:dx+W].T`` with fixed interpolation matrices: exact, and fast on any device.
-Random draws come from numpy's PCG64 seeded with (seed, chunk), so every device, executor and
+Random draws come from numpy's PCG64 seeded with (seed, draw), so every device, executor and
 worker count draws the same masks.
 """
 
@@ -44,9 +45,9 @@ def cell_size(size: tuple[int, int], cells: int) -> tuple[int, int]:
     return math.ceil(size[0] / cells), math.ceil(size[1] / cells)
 
 
-def draw_grids(seed: int, chunk: int, n: int, cells: int, p: float, size: tuple[int, int]):
-    """The random part of a chunk: grids (n, s, s) float32 and crop offsets (n, 2), from (seed, chunk)."""
-    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), int(chunk)])))
+def draw_grids(seed: int, draw: int, n: int, cells: int, p: float, size: tuple[int, int]):
+    """The random part of a draw: grids (n, s, s) float32 and crop offsets (n, 2), from (seed, draw)."""
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), int(draw)])))
     grids = (rng.random((n, cells, cells)) < p).astype(np.float32)
     ch, cw = cell_size(size, cells)
     dy = rng.integers(0, ch, size=n)
@@ -58,10 +59,10 @@ FACTOR_BLOCK = 128  # masks per cached block of factors
 
 
 def rise_masks(
-    seed: int, chunk: int, n: int, cells: int, p: float, size: tuple[int, int],
+    seed: int, draw: int, n: int, cells: int, p: float, size: tuple[int, int],
     device: torch.device | str = "cpu", start: int = 0, stop: int | None = None, out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Masks ``start:stop`` of chunk ``chunk`` as float32 (stop - start, H, W) on ``device``.
+    """Masks ``start:stop`` of draw ``draw`` as float32 (stop - start, H, W) on ``device``.
 
     ``out``: write them into this contiguous (stop - start, H, W) tensor instead, or into a
     (stop - start, H, W, C) one: each mask value repeated over a last axis of C, the order in which a
@@ -77,17 +78,17 @@ def rise_masks(
         raise ValueError(f"out must be a contiguous ({k}, {h}, {w}[, C]) tensor, got {tuple(out.shape)}")
     flat = out.view(k, h, w * c)
     for lo, a, b in _blocks(start, stop, n):
-        rg, cols_t = _factors(seed, chunk, n, cells, p, tuple(size), str(device), c, lo)
+        rg, cols_t = _factors(seed, draw, n, cells, p, tuple(size), str(device), c, lo)
         for i in range(a, b):  # one product per mask, of its own cached factors: its bits never depend on
             torch.mm(rg[i], cols_t[i], out=flat[lo + i - start])  # which masks share the call (a batched one may)
     return out
 
 
 def rise_weighted_sum(
-    seed: int, chunk: int, n: int, cells: int, p: float, size: tuple[int, int], weights: torch.Tensor,
+    seed: int, draw: int, n: int, cells: int, p: float, size: tuple[int, int], weights: torch.Tensor,
     start: int = 0,
 ) -> torch.Tensor:
-    """Σ_i weights[i, t] · M_i over masks ``start:start + len(weights)`` of the chunk, as float32 (T, H, W),
+    """Σ_i weights[i, t] · M_i over masks ``start:start + len(weights)`` of the draw, as float32 (T, H, W),
     without making a mask: M_i = R_i G_i C_i^T (rows and columns of the interpolation matrices at the
     mask's shift), so Σ_i w_i M_i = [w_1 R_1 G_1 | ... | w_k R_k G_k] @ [C_1 | ... | C_k]^T, one
     matrix product of inner size k·s per block of masks, summed in index order."""
@@ -95,7 +96,7 @@ def rise_weighted_sum(
     t = weights.shape[1]
     total = torch.zeros((t * h, w), dtype=torch.float32, device=weights.device)
     for lo, a, b in _blocks(start, start + weights.shape[0], n):
-        rg, cols_t = _factors(seed, chunk, n, cells, p, tuple(size), str(weights.device), 1, lo)
+        rg, cols_t = _factors(seed, draw, n, cells, p, tuple(size), str(weights.device), 1, lo)
         wts = weights[lo + a - start : lo + b - start].float()  # (k, T)
         left = (wts.T[:, :, None, None] * rg[a:b]).permute(0, 2, 1, 3).reshape(t * h, (b - a) * cells)
         total += left @ cols_t[a:b].permute(2, 0, 1).reshape(w, (b - a) * cells).T
@@ -109,15 +110,15 @@ def _blocks(start: int, stop: int, n: int):
 
 
 @lru_cache(maxsize=8)
-def _factors(seed: int, chunk: int, n: int, cells: int, p: float, size: tuple[int, int], device: str, channels: int,
+def _factors(seed: int, draw: int, n: int, cells: int, p: float, size: tuple[int, int], device: str, channels: int,
              lo: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """For masks lo:lo + FACTOR_BLOCK of a chunk: R_i G_i as (k, H, s) and C_i^T as (k, s, W·channels),
+    """For masks lo:lo + FACTOR_BLOCK of a draw: R_i G_i as (k, H, s) and C_i^T as (k, s, W·channels),
     every column repeated ``channels`` times; M_i = (R_i G_i) @ C_i^T. Cached: a worker makes a block's
     masks a batch at a time, then their weighted sum. Read-only by contract."""
     if channels > 1:
-        rg, cols_t = _factors(seed, chunk, n, cells, p, size, device, 1, lo)
+        rg, cols_t = _factors(seed, draw, n, cells, p, size, device, 1, lo)
         return rg, cols_t.repeat_interleave(channels, dim=2)
-    grids, shifts, wy, wx = _chunk(seed, chunk, n, cells, p, size, device)
+    grids, shifts, wy, wx = _draw(seed, draw, n, cells, p, size, device)
     hi = min(lo + FACTOR_BLOCK, n)
     h, w = size
     rows = wy[shifts[lo:hi, 0, None] + torch.arange(h, device=device)]  # (k, H, s)
@@ -126,10 +127,10 @@ def _factors(seed: int, chunk: int, n: int, cells: int, p: float, size: tuple[in
 
 
 @lru_cache(maxsize=32)
-def _chunk(seed: int, chunk: int, n: int, cells: int, p: float, size: tuple[int, int], device: str):
-    """A chunk's draws and interpolation matrices as tensors on ``device``, cached (a worker builds a
-    chunk's masks in many slices: one per batch, and again when reducing). Read-only by contract."""
-    grids, shifts = draw_grids(seed, chunk, n, cells, p, size)
+def _draw(seed: int, draw: int, n: int, cells: int, p: float, size: tuple[int, int], device: str):
+    """A draw's grids, shifts and interpolation matrices as tensors on ``device``, cached (a worker builds a
+    draw's masks in many slices: one per batch, and again when reducing). Read-only by contract."""
+    grids, shifts = draw_grids(seed, draw, n, cells, p, size)
     ch, cw = cell_size(size, cells)
     wy = torch.from_numpy(interp_matrix(cells, (cells + 1) * ch)).float().to(device)
     wx = torch.from_numpy(interp_matrix(cells, (cells + 1) * cw)).float().to(device)

@@ -4,7 +4,7 @@ A convolutional network's early layers are local: output position i of a chain o
 depends only on input pixels [lo + i·j, hi + i·j] (j: the cumulative stride; lo, hi: the receptive
 field's ends, padding included). ``plan_incremental(module, example)`` splits a traced network at a
 *cut*, a node after which nothing but the cut's own output is needed and before which every node is
-local (convolutions, the fused convolutions of ``salient.models.fuse``, batch norm, activations,
+local (convolutions, the fused convolutions of ``salient.engine.fuse``, batch norm, activations,
 residual sums), into ``prefix`` (input -> cut activation) and ``suffix`` (cut activation -> output).
 
 For an input equal to the base image x outside a box, the cut activation equals prefix(x) except at

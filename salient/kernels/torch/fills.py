@@ -17,13 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import SalientError
-
-FILL_NAMES = ("zero", "black", "blur", "mean")
-
-
-class FillError(SalientError, ValueError):
-    """An unknown fill: a user error (SalientError) that callers may also catch as ValueError."""
+from ..fill_kinds import check_fill
 
 
 @lru_cache(maxsize=4)
@@ -45,20 +39,6 @@ def blur(x: torch.Tensor, klen: int = 11, sigma: float = 5.0) -> torch.Tensor:
     weight = k.expand(c, 1, klen, klen).contiguous()
     out = F.conv2d(xb, weight, padding=klen // 2, groups=c)
     return out[0] if squeeze else out
-
-
-def check_fill(fill: str | float) -> str | float:
-    """A fill name or a number (strings of numbers become floats); anything else raises FillError."""
-    if isinstance(fill, (int, float)) and not isinstance(fill, bool):
-        return float(fill)
-    if isinstance(fill, str):
-        try:
-            return float(fill)
-        except ValueError:
-            pass
-        if fill in FILL_NAMES:
-            return fill
-    raise FillError(f"fill must be one of {', '.join(FILL_NAMES)} or a number, got {fill!r}")
 
 
 def fill_tensor(fill: str | float, x: torch.Tensor, black: torch.Tensor) -> torch.Tensor:

@@ -1,30 +1,10 @@
-"""The output store: ``OUT/saliency.zarr`` (Zarr v3) beside ``OUT/results/`` (Parquet parts).
-
-Contract (DESIGN.md), as written here:
-- Root attrs: ``salient_version``, ``model``, ``spec`` (the job spec), ``started``; a job also sets
-  ``spec_hash``, ``batch_size`` and ``complete``.
-- ``maps/<method>``: float32, one row per item, ``index`` = the item's position in the source.
-  Shape (N, H, W) with ``dimension_names`` ("item", "y", "x"), or (N, T, H, W) with
-  ("item", "t", "y", "x") for video; when a method explains the top K > 1 classes of every item
-  a target axis follows the item axis: (N, K, H, W) with ("item", "topK", "y", "x"), ``rank`` in
-  the table being the position on it. One chunk per map (1, [1,] H, W); shards of
-  ``shard_items`` items along "item". Rows of items without a map (errors, odd sizes, not done yet)
-  are NaN (the fill value). Every method's array has the same N, so ``xr.open_zarr(OUT /
-  "saliency.zarr", group="maps")`` opens all of them as one Dataset.
-- ``items/<key>/<method>`` (key = :func:`item_key` of the item id): maps whose size or target
-  count differs from the stacked array's, shape (K, ...) with dims ("target", ...), chunked
-  spatially; their table rows have ``index == -1``.
-- Array attrs: method, parameters, target (the target spec), label, seed, signed.
-- ``results/part-*.parquet``: one row per (item, method, target) with the contract columns
-  :data:`RESULT_COLUMNS` plus :data:`EXTRA_COLUMNS` (position, rank, and the manifest's
-  true_label, mask, box). When an item is redone (resume), its newer rows supersede the older:
-  :func:`read_results` keeps, for each (position, method), the rows of the latest part, and
-  :meth:`Store.close` rewrites parts that hold superseded rows.
+"""The store's writer: :class:`Store` appends maps and result rows to ``OUT/`` (contract: see
+:mod:`salient.store`).
 
 Safety rules (one writer, nothing torn, nothing lost):
-- This process is the only writer of the store (an exclusive ``flock`` on ``OUT/.lock``; a
-  second writer is refused). With executor workers on other processes or machines, maps come back
-  to the driver, which writes them; no worker ever writes.
+- This process is the only writer of the store (the lock, :class:`~salient.store.files._Lock`).
+  With executor workers on other processes or machines, maps come back to the driver, which
+  writes them; no worker ever writes.
 - Shards are never written piecewise: the maps of a shard are gathered in an in-memory buffer
   (loaded from disk first, so maps of an earlier run are kept) and the whole shard is written at
   once when all its items are resolved, at a checkpoint, or at close. A rewrite is whole, so a
@@ -33,309 +13,48 @@ Safety rules (one writer, nothing torn, nothing lost):
   chunks carry a CRC32C checksum, so a damaged shard fails loudly when read (a job's resume reads
   the shards it will rewrite, see :meth:`Store.verify`).
 - A map's table row is written only after its shard is on disk (and fsynced when ``durable``):
-  an ``ok`` row always has its map. Shard files are written to a temp name, fsynced, then renamed
-  (and the directory fsynced); Parquet parts likewise, so a crash never leaves a torn part.
-Writes run off the caller's thread (see :class:`_Writer`), a pipeline of three stages (encode the
-chunks on ``threads`` threads; lay out the shard and write its temp file; fsync and rename), each
-first in, first out, so a table part is written only after every shard submitted before it. The
-first error stops every later write and is raised by the next call on the store (and by
-``close``). A whole shard is encoded with the array's own codecs (its inner chunks through the
-sharding codec's codecs, then the sharding codec's own index and layout, see :class:`_ShardCodec`),
-byte-identical to ``arr[s0:s1] = data`` without zarr's per-chunk asyncio tasks. An array grows
-(its ``zarr.json``, synced too) with the part holding rows past its end.
-Compression: Blosc lz4 with byte shuffle by default (``zstd``, or ``none`` for the fastest writes),
-always followed by the CRC32C checksum; benchmarks/store_write.py measures rate and ratio of each.
+  an ``ok`` row always has its map. Shard files and Parquet parts are written atomically
+  (:mod:`salient.store.files`), so a crash never leaves a torn part.
+Writes run off the caller's thread on the three-stage pipeline of :mod:`salient.store.pipeline`,
+so a table part is written only after every shard submitted before it; a whole shard is encoded
+at once by :class:`~salient.store.shards._ShardCodec`. An array grows (its ``zarr.json``, synced
+too) with the part holding rows past its end. When an item is redone, its newer rows supersede
+the older (see :mod:`salient.store.read`); :meth:`Store.close` rewrites parts that hold
+superseded rows (:func:`compact_results`).
 Memory: one buffer of ``shard_items`` maps per method per shard that has a live item (usually one
 or two), plus ``flush_rows`` table rows, plus at most a few shards queued for writing.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import queue
-import threading
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import zarr
-from zarr.abc.codec import SupportsSyncCodec
-from zarr.codecs import BloscCodec, Crc32cCodec, ShardingCodec, ZstdCodec
-from zarr.core.array_spec import ArrayConfig, ArraySpec
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
 
 from ..errors import SalientError
+from ..methods.metric import metric_columns
 from ..saliency import Saliency
-
-RESULT_COLUMNS = [
-    ("item_id", pa.string()), ("index", pa.int64()), ("source", pa.string()), ("method", pa.string()),
-    ("target", pa.int64()), ("label", pa.string()), ("base_score", pa.float64()), ("n_forward", pa.int64()),
-    ("seconds", pa.float64()), ("insertion_auc", pa.float64()), ("deletion_auc", pa.float64()),
-    ("status", pa.string()), ("error", pa.string()),
-]
-EXTRA_COLUMNS = [
-    ("position", pa.int64()), ("rank", pa.int64()),
-    ("true_label", pa.string()), ("mask", pa.string()), ("box", pa.list_(pa.float64())),
-]
-RESULT_SCHEMA = pa.schema(RESULT_COLUMNS + EXTRA_COLUMNS)
-META_KEYS = ("true_label", "mask", "box")
-SHARD_ITEMS = 64
-COMPRESSORS = ("lz4", "zstd", "none")
-ZARR_NAME = "saliency.zarr"
+from . import files  # _atomic_steps and _fsync are called through the module (tests patch them there)
+from .files import _Lock, _write_table_atomic
+from .pipeline import _Writer
+from .read import _latest_mask, _parts, _read_parts, read_results
+from .schema import SHARD_ITEMS, ZARR_NAME, item_key, result_schema
+from .shards import _compressors, _ShardCodec
 
 
 def _json_safe(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
-
-
-def item_key(item_id: str) -> str:
-    """The zarr node name of an item id: percent-encoded (``/`` -> ``%2F``), hashed if too long."""
-    key = quote(item_id, safe="") or "%00"
-    if key.startswith("__") or set(key) == {"."}:
-        key = "%" + key
-    if len(key) > 180:
-        key = key[:160] + "-" + hashlib.sha1(item_id.encode()).hexdigest()[:16]
-    return key
-
-
-def _compressors(kind: str) -> tuple:
-    if kind not in COMPRESSORS:
-        raise SalientError(f"store compressor {kind!r}: choose one of {', '.join(COMPRESSORS)}")
-    head = {"lz4": (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),), "zstd": (ZstdCodec(level=1),),
-            "none": ()}[kind]
-    return (*head, Crc32cCodec())
-
-
-def _fsync(path: Path, directory: bool = False) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _makedirs(d: Path) -> list[Path]:
-    """``mkdir -p d``; returns the directories it created, outermost first."""
-    new = []
-    while not d.is_dir():
-        new.append(d)
-        d = d.parent
-    for n in reversed(new):
-        n.mkdir(exist_ok=True)
-    return new[::-1]
-
-
-def _atomic_steps(path: Path, tmp: Path, write: Callable[[Path], Any], durable: bool) -> Iterator[None]:
-    """``write(tmp)``; yield; fsync it, rename it to ``path``, fsync the directory (and the parents
-    of any directory it created): a crash leaves the old file or the new one, never part of one.
-    Abandoned at the yield (closed), it removes the temp file."""
-    new = _makedirs(path.parent)
-    try:
-        write(tmp)
-        yield
-        if durable:
-            _fsync(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if durable:
-        for d in dict.fromkeys([path.parent, *(n.parent for n in new)]):
-            _fsync(d, directory=True)
-
-
-def _write_atomic(path: Path, tmp: Path, write: Callable[[Path], Any], durable: bool) -> None:
-    for _ in _atomic_steps(path, tmp, write, durable):
-        pass
-
-
-class _ShardCodec:
-    """Whole shards of ``arr`` encoded by the array's own codecs, in two steps: :meth:`chunks`
-    encodes each inner chunk through the sharding codec's inner codecs (zarr's synchronous codec
-    protocol, ``SupportsSyncCodec``; on as many threads as ``map`` uses), :meth:`shard` lays them
-    out with the sharding codec's own index (``_encode_shard_dict``). Chunks equal to the fill
-    value (all NaN) are left out, so the bytes equal what ``arr[s0:s1] = rows`` writes, without
-    zarr's per-chunk asyncio tasks (3x the cost of encoding them). :meth:`make` returns None when
-    the array's codecs or layout don't allow this (then zarr's array API writes)."""
-
-    def __init__(self, arr: zarr.Array, sharding: ShardingCodec):
-        self.sh, self.inner, self.chunk = sharding, tuple(sharding.codecs), tuple(sharding.chunk_shape)
-        self.per_shard = tuple(s // c for s, c in zip(arr.shards, self.chunk, strict=True))
-        self.proto = default_buffer_prototype()
-        self.specs = [ArraySpec(shape=self.chunk, dtype=arr.metadata.data_type, fill_value=arr.metadata.fill_value,
-                                config=ArrayConfig(order="C", write_empty_chunks=False), prototype=self.proto)]
-        for c in self.inner[:-1]:
-            self.specs.append(c.resolve_metadata(self.specs[-1]))
-
-    @classmethod
-    def make(cls, arr: zarr.Array) -> _ShardCodec | None:
-        codecs = arr.metadata.codecs
-        if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec) or not arr.shards:
-            return None
-        sh = codecs[0]
-        if (not all(isinstance(c, SupportsSyncCodec) for c in sh.codecs) or not hasattr(sh, "_encode_shard_dict")
-                or tuple(arr.shards[1:]) != tuple(arr.shape[1:]) or sh.chunk_shape[0] != 1
-                or not np.isnan(float(arr.metadata.fill_value))):
-            return None
-        return cls(arr, sh)
-
-    def _one(self, block: np.ndarray) -> Any:
-        if np.isnan(block.flat[0]) and np.isnan(block).all():
-            return None
-        x = self.proto.nd_buffer.from_numpy_array(block)
-        for c, spec in zip(self.inner, self.specs, strict=True):
-            x = c._encode_sync(x, spec)
-        return x
-
-    def chunks(self, rows: np.ndarray, map_fn: Callable[[Callable, list], list] = lambda f, xs: [f(x) for x in xs]
-               ) -> dict[tuple[int, ...], Any]:
-        """The encoded inner chunks of a shard whose first ``len(rows)`` items are ``rows`` (items
-        past the array's end are not stored), by chunk coordinates within the shard."""
-        coords = [c for c in np.ndindex(*self.per_shard) if c[0] < len(rows)]
-        blocks = [rows[tuple(slice(i * n, (i + 1) * n) for i, n in zip(c, self.chunk, strict=True))] for c in coords]
-        return {c: b for c, b in zip(coords, map_fn(self._one, blocks), strict=True) if b is not None}
-
-    def shard(self, chunks: dict[tuple[int, ...], Any]) -> Any:
-        """The shard's bytes (buffer-like), or None when no chunk is stored (no shard file)."""
-        out = sync(self.sh._encode_shard_dict(chunks, chunks_per_shard=self.per_shard, buffer_prototype=self.proto))
-        return None if out is None else out.as_buffer_like()
-
-
-class _Writer:
-    """Store writes off the caller's thread, in submission order, in three stages: encode, write
-    the file, make it durable and visible (fsync, rename) -- so encoding, writing and the wait for
-    the disk of consecutive shards overlap. A job is a generator: ``submit(job)``; stage ``i`` runs
-    it to its ``i``-th ``yield`` (or its end) and passes it on. Each stage is first in, first out,
-    so a job's last step runs after the last step of every job submitted before it that had one
-    at that stage or before: a table part, whose last step is at the last stage, is written after
-    every shard submitted before it. :meth:`map` spreads encoding over ``threads`` threads. The
-    first error skips every later step (no row is written after a failed shard; abandoned jobs
-    remove their temp files) and is raised by :meth:`check`, which the store calls on each
-    operation. ``depth`` bounds each stage's queue (memory: a caller ahead of the disk waits).
-    ``threads=0``: jobs run on the caller, errors raise at once."""
-
-    STAGES = 3
-
-    def __init__(self, threads: int, depth: int = 2):
-        self.threads = max(0, int(threads))
-        self.error: BaseException | None = None
-        self._pool = ThreadPoolExecutor(self.threads - 1, "salient-store") if self.threads > 1 else None
-        self._queues: list[queue.Queue] = [queue.Queue(depth) for _ in range(self.STAGES if self.threads else 0)]
-        self._threads = [threading.Thread(target=self._run, args=(i,), name=f"salient-store-{i}", daemon=True)
-                         for i in range(len(self._queues))]
-        for t in self._threads:
-            t.start()
-
-    def map(self, fn: Callable[[Any], Any], items: list) -> list:
-        """``[fn(x) for x in items]``, in ``threads`` contiguous parts on this thread and the pool's."""
-        if self._pool is None or len(items) < 2:
-            return [fn(x) for x in items]
-        cuts = np.linspace(0, len(items), min(self.threads, len(items)) + 1).astype(int)
-        parts = [items[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
-        futures = [self._pool.submit(lambda part=part: [fn(x) for x in part]) for part in parts[1:]]
-        return [fn(x) for x in parts[0]] + [y for f in futures for y in f.result()]
-
-    def submit(self, job: Iterator[None]) -> None:
-        self.check()
-        if self._queues:
-            self._queues[0].put(job)
-            return
-        try:
-            for _ in job:
-                pass
-        except BaseException as exc:
-            self.error = exc
-            if not isinstance(exc, Exception):
-                raise
-            self.check()
-
-    def _run(self, stage: int) -> None:
-        q, last = self._queues[stage], stage == len(self._queues) - 1
-        while True:
-            job = q.get()
-            try:
-                if job is None:
-                    if not last:
-                        self._queues[stage + 1].put(None)
-                    return
-                if self.error is None:
-                    if last:  # this step and any left
-                        for _ in job:
-                            pass
-                    elif next(job, StopIteration) is not StopIteration:
-                        self._queues[stage + 1].put(job)
-            except BaseException as exc:  # noqa: BLE001 - raised on the caller by check()
-                self.error = self.error or exc
-            finally:
-                job = None  # an abandoned job is closed here (its temp file removed)
-                q.task_done()
-
-    def join(self) -> None:
-        """Wait until everything submitted so far is written (or skipped after an error)."""
-        for q in self._queues:
-            q.join()
-
-    def check(self) -> None:
-        if self.error is not None:
-            raise SalientError(f"store: a write failed ({type(self.error).__name__}: {self.error}); "
-                               "nothing after it was written, resume redoes it") from self.error
-
-    def close(self) -> None:
-        """Finish what was submitted, stop the threads."""
-        if self._queues:
-            self._queues[0].put(None)
-            for t in self._threads:
-                t.join()
-            self._queues, self._threads = [], []
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
-
-
-class _Lock:
-    """An exclusive advisory lock on ``OUT/.lock``; the kernel drops it when the process dies."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.fd: int | None = None
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX: no lock
-            return
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise SalientError(
-                f"{path.parent} is being written by another process (pid {holder}); wait for it or use another out"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self.fd = fd
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # closing the descriptor drops the flock
-            self.fd = None
 
 
 @dataclass
@@ -522,6 +241,7 @@ class Store:
         per_item = (k, *shape) if k > 1 else shape
         one = (1,) * (len(per_item) - len(shape))
         attrs = {"method": method, "parameters": first.params, "seed": first.seed, "signed": first.signed,
+                 "diverging": first.diverging,
                  "target": f"top{k}" if k > 1 else first.target, "label": "" if k > 1 else first.label}
         attrs.update(self._method_attrs.get(method, {}))
         attrs["targets_per_item"] = k
@@ -585,14 +305,14 @@ class Store:
         if codec is not None:
             box[0] = codec.shard(box[0])
         if box[0] is not None:
-            yield from _atomic_steps(path, tmp, lambda t: t.write_bytes(box.pop()), durable)
+            yield from files._atomic_steps(path, tmp, lambda t: t.write_bytes(box.pop()), durable)
             return
         yield
         if codec is not None:  # every map is NaN (the fill value): no shard file, as zarr does
             path.unlink(missing_ok=True)
         elif durable:
-            _fsync(path)
-            _fsync(path.parent, directory=True)
+            files._fsync(path)
+            files._fsync(path.parent, directory=True)
             if grown:
                 self._meta_unsynced.add(self._array_dir(arr) / "zarr.json")
 
@@ -606,6 +326,7 @@ class Store:
             f"items/{item_key(item_id)}/{method}", data=maps, chunks=chunks, dimension_names=dims, overwrite=True,
             compressors=self.compressors,
             attributes=_json_safe({"method": method, "parameters": s.params, "seed": s.seed, "signed": s.signed,
+                                   "diverging": s.diverging,
                                    "item_id": item_id, "target": [g.target for g in group],
                                    "label": [g.label for g in group]}),
         )
@@ -641,9 +362,8 @@ class Store:
             rows = [{
                 "item_id": item_id, "index": pos if stacked else -1, "source": source, "method": method,
                 "target": s.target, "label": s.label, "base_score": s.base_score, "n_forward": s.n_forward,
-                "seconds": s.seconds, "insertion_auc": s.metrics.get("insertion_auc"),
-                "deletion_auc": s.metrics.get("deletion_auc"), "status": "ok", "error": "", "position": pos,
-                "rank": j, **meta,
+                "seconds": s.seconds, **{c: s.metrics.get(c) for c in metric_columns()},
+                "status": "ok", "error": "", "position": pos, "rank": j, **meta,
             } for j, s in enumerate(group)]
             if stacked:
                 buf = self._buffer(stack, pos // stack.shard)
@@ -662,7 +382,7 @@ class Store:
         reason = " ".join(str(error).split()) or "error"
         self._rows.append({"item_id": item_id, "index": -1, "source": source, "method": method, "target": None,
                            "label": None, "base_score": None, "n_forward": n_forward, "seconds": seconds,
-                           "insertion_auc": None, "deletion_auc": None, "status": "error", "error": reason,
+                           **dict.fromkeys(metric_columns()), "status": "error", "error": reason,
                            "position": pos, "rank": None, **self._meta(extra)})
         stack = self._stacks.get(method)
         if stack is not None and pos // stack.shard in stack.buffers:
@@ -712,7 +432,7 @@ class Store:
         before it, first syncing what this thread wrote (resized array metadata, odd-size maps)."""
         if not self._rows:
             return
-        table = pa.Table.from_pylist(self._rows, schema=RESULT_SCHEMA)
+        table = pa.Table.from_pylist(self._rows, schema=result_schema())
         self._seq += 1
         path = self.out / "results" / f"part-r{self.run:04d}-{self._seq:06d}-{uuid.uuid4().hex[:8]}.parquet"
         synced, durable, meta = sorted(self._unsynced), self.durable, self._meta_unsynced
@@ -727,9 +447,9 @@ class Store:
             synced.extend(sorted(meta) if durable else ())
             meta.clear()
             for q in synced:
-                _fsync(q, directory=q.is_dir())
+                files._fsync(q, directory=q.is_dir())
             for d in dict.fromkeys(q.parent for q in synced):
-                _fsync(d, directory=True)
+                files._fsync(d, directory=True)
             _write_table_atomic(table, path, durable)
 
         def steps() -> Iterator[None]:
@@ -793,51 +513,6 @@ class Store:
         self.close()
 
 
-def _write_table_atomic(table: pa.Table, path: Path, durable: bool = True) -> None:
-    _write_atomic(path, path.parent / f".{path.stem}.tmp", lambda tmp: pq.write_table(table, tmp), durable)
-
-
-def _parts(out: str | os.PathLike) -> list[Path]:
-    return sorted((Path(out) / "results").glob("part-*.parquet"))
-
-
-def _read_parts(parts: list[Path], columns: list[str] | None) -> pa.Table:
-    """Concatenate parts with a ``_part`` rank column (parts sort by run, then sequence)."""
-    tables = []
-    for rank, p in enumerate(parts):
-        t = pq.read_table(p, columns=columns)
-        tables.append(t.append_column("_part", pa.array(np.full(t.num_rows, rank, dtype=np.int64))))
-    return pa.concat_tables(tables, promote_options="default")
-
-
-def _latest_mask(position: np.ndarray, method: np.ndarray, part: np.ndarray) -> np.ndarray:
-    """Rows whose part is the latest to hold their (position, method): older rows are superseded."""
-    import pandas as pd
-
-    df = pd.DataFrame({"p": position, "m": method, "r": part})
-    return (df["r"] == df.groupby(["p", "m"], sort=False)["r"].transform("max")).to_numpy()
-
-
-def read_results(out: str | os.PathLike, columns: list[str] | None = None, latest: bool = True):
-    """The results table as a pandas DataFrame, one row per (item, method, target), sorted by
-    position, method and rank. ``latest`` drops rows superseded by a later attempt at the same
-    (position, method). Empty (with the schema's columns) if there are no parts."""
-    import pandas as pd
-
-    want = [n for n, _ in RESULT_COLUMNS + EXTRA_COLUMNS] if columns is None else list(columns)
-    parts = _parts(out)
-    if not parts:
-        return pd.DataFrame({n: pd.Series(dtype=RESULT_SCHEMA.field(n).type.to_pandas_dtype()) for n in want})
-    need = list(dict.fromkeys([*want, "position", "method", "rank"]))
-    table = _read_parts(parts, need)
-    if latest:
-        keep = _latest_mask(table["position"].to_numpy(), table["method"].to_numpy(zero_copy_only=False),
-                            table["_part"].to_numpy())
-        table = table.filter(pa.array(keep))
-    table = table.sort_by([("position", "ascending"), ("method", "ascending"), ("rank", "ascending")])
-    return table.select(want).to_pandas()
-
-
 def compact_results(out: str | os.PathLike, durable: bool = True) -> int:
     """Rewrite every part holding superseded rows without them; returns the rows dropped. A crash
     in between leaves both versions, which :func:`read_results` reads the same."""
@@ -861,17 +536,3 @@ def compact_results(out: str | os.PathLike, durable: bool = True) -> int:
         path.unlink()
     return dropped
 
-
-def read_map(out: str | os.PathLike, row: Any) -> np.ndarray:
-    """The map of one table row (a DataFrame row or dict): ``maps/<method>[index]`` (at ``rank``
-    on the target axis), or ``items/<key>/<method>[rank]`` for odd sizes."""
-    root = zarr.open_group(Path(out) / ZARR_NAME, mode="r")
-    get = row.get if hasattr(row, "get") else row.__getitem__
-    if get("status") != "ok":
-        raise SalientError(f"row of {get('item_id')!r} / {get('method')} has status {get('status')}: no map")
-    rank = int(get("rank") or 0)
-    if int(get("index")) >= 0:
-        arr = root[f"maps/{get('method')}"]
-        m = arr[int(get("index"))]
-        return np.asarray(m[rank] if int(arr.attrs.get("targets_per_item", 1)) > 1 else m)
-    return np.asarray(root[f"items/{item_key(str(get('item_id')))}/{get('method')}"][rank])

@@ -1,0 +1,35 @@
+"""Boxes on the device (torch): paste a box of one tensor into another, and box masks.
+
+A box is (y0, y1, x0, x1), half-open, already clipped to the image (:mod:`salient.kernels.geometry`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .fills import match_layout
+
+
+def paste_boxes(out: torch.Tensor, base: torch.Tensor, inner: torch.Tensor, boxes) -> torch.Tensor:
+    """out[k] = ``base`` everywhere except box k (y0, y1, x0, x1), which shows ``inner``; in place.
+    ``base`` and ``inner`` are (C, H, W) or broadcastable ((C, 1, 1) fills), clips alike; a box covers
+    all channels (and frames). Occlusion "delete" is (x, fill), "keep" is (fill, x). One copy of
+    ``base`` plus a small copy per box: no masks are built."""
+    out.copy_(match_layout(base, out).expand(out.shape))
+    flat = inner.shape[-2:] == (1, 1)
+    for k, (y0, y1, x0, x1) in enumerate(np.asarray(boxes, dtype=np.int64).reshape(-1, 4).tolist()):
+        out[k, ..., y0:y1, x0:x1] = inner if flat else inner[..., y0:y1, x0:x1]
+    return out
+
+
+def box_masks(
+    boxes: np.ndarray | torch.Tensor, size: tuple[int, int], device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """(n, H, W) float32 masks, 1 inside each box."""
+    b = torch.as_tensor(np.asarray(boxes), device=device).view(-1, 4)
+    ys = torch.arange(size[0], device=device)
+    xs = torch.arange(size[1], device=device)
+    iny = (ys[None] >= b[:, 0:1]) & (ys[None] < b[:, 1:2])
+    inx = (xs[None] >= b[:, 2:3]) & (xs[None] < b[:, 3:4])
+    return (iny[:, :, None] & inx[:, None, :]).float()

@@ -1,0 +1,92 @@
+"""Black-box queries of masked inputs: the unmasked image, RISE masks, boxes (occlusion, DiDA, BOREx)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .base import Query
+
+
+@dataclass(frozen=True)
+class ScoreQuery(Query):
+    """The unmasked image: result is the score vector of all classes, float32 (K,)."""
+
+    def n_inputs(self) -> int:
+        return 1
+
+    def build(self, ctx, start, stop, out):
+        out[0].copy_(ctx.x)
+
+    def reduce(self, state, aux, scores):
+        state.append(scores[0].float().cpu())
+        return state
+
+    def finish(self, state, ctx):
+        return state[0].numpy().astype(np.float32)
+
+
+@dataclass(frozen=True)
+class RiseQuery(Query):
+    """Masks ``start:stop`` (default all ``n``) of the ``n`` RISE masks of draw ``draw``: result is
+    (Σ_i f_t(X_i) · M_i as float32 (T, H, W), Σ_i f_t(X_i) as (T,)) with X_i = I ⊙ M_i + fill ⊙ (1 - M_i).
+    The sum is made from the masks' separable factors (the backend's ``rise_weighted_sum``), block by block in
+    index order, so it does not depend on the worker's batch size."""
+
+    seed: int = 0
+    draw: int = 0
+    n: int = 500
+    cells: int = 7
+    p: float = 0.5
+    fill: str | float = "zero"
+    start: int = 0
+    stop: int | None = None
+
+    def _range(self) -> tuple[int, int]:
+        return self.start, self.n if self.stop is None else self.stop
+
+    def n_inputs(self) -> int:
+        lo, hi = self._range()
+        return hi - lo
+
+    def _masks(self, ctx, start, stop, out=None):
+        lo = self._range()[0]
+        return ctx.kernels.rise_masks(self.seed, self.draw, self.n, self.cells, self.p, ctx.size, ctx.device,
+                                      lo + start, lo + stop, out)
+
+    def build(self, ctx, start, stop, out):
+        k = ctx.kernels
+        if k.is_channels_last(out):  # the masks go straight into the batch, in its pixel order, then blend in place
+            self._masks(ctx, start, stop, out.permute(0, 2, 3, 1))
+            k.blend_over(out, *ctx.blend_terms(self.fill, out))
+        else:
+            k.blend_into(out, ctx.x, ctx.fill(self.fill), self._masks(ctx, start, stop))
+
+    def finish(self, state, ctx):
+        scores = torch.cat(state).to(ctx.device)  # (n, T)
+        lo, _ = self._range()
+        total = ctx.kernels.rise_weighted_sum(self.seed, self.draw, self.n, self.cells, self.p, ctx.size, scores, lo)
+        return total.cpu().numpy(), scores.sum(dim=0).double().cpu().numpy()
+
+
+@dataclass(frozen=True)
+class BoxQuery(Query):
+    """One input per box (y0, y1, x0, x1): ``mode="delete"`` fills the box, ``mode="keep"`` fills
+    everything outside it. Result: scores (n_boxes, T)."""
+
+    boxes: tuple[tuple[int, int, int, int], ...] = ()
+    mode: str = "delete"
+    fill: str | float = "zero"
+
+    def n_inputs(self) -> int:
+        return len(self.boxes)
+
+    def build(self, ctx, start, stop, out):
+        fill = ctx.fill(self.fill)
+        base, inner = (fill, ctx.x) if self.mode == "keep" else (ctx.x, fill)
+        ctx.kernels.paste_boxes(out, base, inner, self.boxes[start:stop])
+
+    def changed_boxes(self):
+        return self.boxes if self.mode == "delete" else None

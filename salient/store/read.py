@@ -1,0 +1,90 @@
+"""Read a store without its writer: the results table (pandas) and the map of any of its rows.
+
+- ``results/part-*.parquet`` holds one row per (item, method, target). When an item is redone
+  (resume), its newer rows supersede the older: :func:`read_results` keeps, for each (position,
+  method), the rows of the latest part (parts sort by run, then sequence), and the writer's close
+  rewrites parts that hold superseded rows (``compact_results``), which reads the same.
+- :func:`read_map` finds a row's map: ``maps/<method>[index]`` (at ``rank`` on the target axis),
+  or ``items/<key>/<method>[rank]`` for maps of odd sizes (``index == -1``).
+- :func:`item_status`: per (method, position), whether every row of the item is ``ok``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zarr
+
+from ..errors import SalientError
+from .schema import EXTRA_COLUMNS, ZARR_NAME, item_key, result_columns, result_schema
+
+
+def _parts(out: str | os.PathLike) -> list[Path]:
+    return sorted((Path(out) / "results").glob("part-*.parquet"))
+
+
+def _read_parts(parts: list[Path], columns: list[str] | None) -> pa.Table:
+    """Concatenate parts with a ``_part`` rank column (parts sort by run, then sequence)."""
+    tables = []
+    for rank, p in enumerate(parts):
+        names = set(pq.read_schema(p).names)  # a part older than a metric lacks its column: null there
+        t = pq.read_table(p, columns=None if columns is None else [c for c in columns if c in names])
+        tables.append(t.append_column("_part", pa.array(np.full(t.num_rows, rank, dtype=np.int64))))
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def _latest_mask(position: np.ndarray, method: np.ndarray, part: np.ndarray) -> np.ndarray:
+    """Rows whose part is the latest to hold their (position, method): older rows are superseded."""
+    import pandas as pd
+
+    df = pd.DataFrame({"p": position, "m": method, "r": part})
+    return (df["r"] == df.groupby(["p", "m"], sort=False)["r"].transform("max")).to_numpy()
+
+
+def read_results(out: str | os.PathLike, columns: list[str] | None = None, latest: bool = True):
+    """The results table as a pandas DataFrame, one row per (item, method, target), sorted by
+    position, method and rank. ``latest`` drops rows superseded by a later attempt at the same
+    (position, method). Empty (with the schema's columns) if there are no parts."""
+    import pandas as pd
+
+    schema = result_schema()
+    want = [n for n, _ in result_columns() + EXTRA_COLUMNS] if columns is None else list(columns)
+    parts = _parts(out)
+    if not parts:
+        return pd.DataFrame({n: pd.Series(dtype=schema.field(n).type.to_pandas_dtype()) for n in want})
+    need = list(dict.fromkeys([*want, "position", "method", "rank"]))
+    table = _read_parts(parts, need)
+    for n in need:
+        if n not in table.column_names:
+            table = table.append_column(n, pa.nulls(table.num_rows, schema.field(n).type))
+    if latest:
+        keep = _latest_mask(table["position"].to_numpy(), table["method"].to_numpy(zero_copy_only=False),
+                            table["_part"].to_numpy())
+        table = table.filter(pa.array(keep))
+    table = table.sort_by([("position", "ascending"), ("method", "ascending"), ("rank", "ascending")])
+    return table.select(want).to_pandas()
+
+
+def read_map(out: str | os.PathLike, row: Any) -> np.ndarray:
+    """The map of one table row (a DataFrame row or dict): ``maps/<method>[index]`` (at ``rank``
+    on the target axis), or ``items/<key>/<method>[rank]`` for odd sizes."""
+    root = zarr.open_group(Path(out) / ZARR_NAME, mode="r")
+    get = row.get if hasattr(row, "get") else row.__getitem__
+    if get("status") != "ok":
+        raise SalientError(f"row of {get('item_id')!r} / {get('method')} has status {get('status')}: no map")
+    rank = int(get("rank") or 0)
+    if int(get("index")) >= 0:
+        arr = root[f"maps/{get('method')}"]
+        m = arr[int(get("index"))]
+        return np.asarray(m[rank] if int(arr.attrs.get("targets_per_item", 1)) > 1 else m)
+    return np.asarray(root[f"items/{item_key(str(get('item_id')))}/{get('method')}"][rank])
+
+
+def item_status(df) -> Any:
+    """A boolean Series indexed by (method, position): True where every row of that item is ok."""
+    return (df["status"] == "ok").groupby([df["method"], df["position"]], sort=False).all()

@@ -1,0 +1,57 @@
+"""The names the store's writer and readers agree on: the table's columns, the Zarr group's name,
+the node name of an item, the default shard size and the compressor names.
+
+- ``results/part-*.parquet``: one row per (item, method, target) with the contract columns
+  :func:`result_columns` (one float column per registered metric, :mod:`salient.methods.metric`,
+  between ``seconds`` and ``status``: ``insertion_auc``, ``deletion_auc`` today) plus
+  :data:`EXTRA_COLUMNS` (position, rank, and the manifest's true_label, mask, box);
+  :func:`result_schema` is both together. A part written before a metric was registered reads
+  with that column null.
+- ``OUT/`` :data:`ZARR_NAME` holds the maps; ``items/<key>/<method>`` is named by
+  :func:`item_key` of the item id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from urllib.parse import quote
+
+import pyarrow as pa
+
+from ..methods.metric import metric_columns
+
+ITEM_COLUMNS = [
+    ("item_id", pa.string()), ("index", pa.int64()), ("source", pa.string()), ("method", pa.string()),
+    ("target", pa.int64()), ("label", pa.string()), ("base_score", pa.float64()), ("n_forward", pa.int64()),
+    ("seconds", pa.float64()),
+]
+STATUS_COLUMNS = [("status", pa.string()), ("error", pa.string())]
+EXTRA_COLUMNS = [
+    ("position", pa.int64()), ("rank", pa.int64()),
+    ("true_label", pa.string()), ("mask", pa.string()), ("box", pa.list_(pa.float64())),
+]
+
+
+def result_columns() -> list[tuple[str, pa.DataType]]:
+    """The contract columns: the item's, one per registered metric, then status and error."""
+    return ITEM_COLUMNS + [(c, pa.float64()) for c in metric_columns()] + STATUS_COLUMNS
+
+
+def result_schema() -> pa.Schema:
+    return pa.schema(result_columns() + EXTRA_COLUMNS)
+
+
+META_KEYS = ("true_label", "mask", "box")
+SHARD_ITEMS = 64
+COMPRESSORS = ("lz4", "zstd", "none")
+ZARR_NAME = "saliency.zarr"
+
+
+def item_key(item_id: str) -> str:
+    """The zarr node name of an item id: percent-encoded (``/`` -> ``%2F``), hashed if too long."""
+    key = quote(item_id, safe="") or "%00"
+    if key.startswith("__") or set(key) == {"."}:
+        key = "%" + key
+    if len(key) > 180:
+        key = key[:160] + "-" + hashlib.sha1(item_id.encode()).hexdigest()[:16]
+    return key
