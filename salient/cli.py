@@ -5,6 +5,12 @@ explains each image, writes one PNG overlay per map (and a DiDA-View panel for t
 ``OUT/overlays/``, the maps and result rows into the store (``OUT/saliency.zarr`` + ``OUT/results/``),
 and prints one line per map.
 
+OUT accumulates: explaining into it again with the same model and the same method settings (parameters,
+target, seed) replaces the maps of the images it already holds (at their rows) and appends the others;
+another method adds its own array. Another model, or a method it holds made with other settings, is
+refused before any work (one line: choose another ``--out``, or ``--restart`` to discard the earlier
+explain output); so is a job's output folder, even with ``--restart`` (it belongs to the job).
+
 Exit codes: 0 success; 2 bad input (a one-line ``salient: error: ...`` on stderr, no traceback);
 1 an unexpected error (one line too; ``SALIENT_TRACEBACK=1`` shows the traceback); 130 interrupted.
 Every input of ``explain`` (model spec, method, parameters, target, each image: readable, decodable,
@@ -19,11 +25,13 @@ when that module exists; like ``explain`` they set ``func`` (``args -> exit code
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import re
 import sys
 import traceback
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,12 +39,13 @@ from typing import Any
 
 from .engine import EXECUTORS, Engine, Task
 from .engine.tasks import explain_task, parse_target
-from .errors import SalientError
+from .errors import SalientError, short_repr
 from .images import Image, load_image
 from .methods import METHODS, Method, get_method
 from .methods.drive import first_round
 from .methods.metric import METRICS, metric_columns
 from .models import Model, load_model
+from .paths import check_out_dir
 from .report import save_overlay, save_panel
 from .saliency import Saliency
 
@@ -61,14 +70,23 @@ def about(path: str, e: Exception) -> str:
     return msg if path in msg else f"{path}: {msg}"
 
 
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
-    return v
+def _int_at_least(low: int, what: str):
+    """An argparse type: an integer >= ``low``, else the one-line error "expected <what>"."""
+
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            v = low - 1
+        if v < low:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}")
+        return v
+
+    return parse
+
+
+_positive_int = _int_at_least(1, "a positive integer")
+_nonneg_int = _int_at_least(0, "an integer >= 0")
 
 
 def _nonneg_float(s: str) -> float:
@@ -110,12 +128,17 @@ def add_explain(sub: argparse._SubParsersAction) -> None:
                    help="a method parameter (repeatable); dotted keys such as prior.n_masks pass through")
     p.add_argument("--prior", help="same as --set prior=NAME")
     p.add_argument("--layer", help="same as --set layer=PATH")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--out", default="out", metavar="DIR", help="output folder (default ./out)")
+    p.add_argument("--seed", type=_nonneg_int, default=0, help="random seed, an integer >= 0 (default 0)")
+    p.add_argument("--out", default="out", metavar="DIR",
+                   help="output folder (default ./out); explaining into it again with the same model and settings "
+                        "replaces the maps of images it holds and adds the others; other settings are refused")
+    p.add_argument("--restart", action="store_true",
+                   help="discard what OUT holds from earlier explain runs (maps, table, overlays) first")
     p.add_argument("--metrics", action="store_true", help="also compute every metric (insertion, deletion AUC)")
     p.add_argument("--executor", choices=EXECUTORS, default="local", help="local (default) or ray")
     p.add_argument("--address", help="Ray cluster address (e.g. auto); default: start a local Ray")
-    p.add_argument("--workers", type=_positive_int, help="number of workers (Ray)")
+    p.add_argument("--workers", type=_positive_int,
+                   help="number of workers (default: one per core; local: at most 2 per core, more: use ray)")
     p.add_argument("--gpus-per-worker", type=_nonneg_float, help="GPUs per worker (Ray)")
     p.add_argument("--batch-size", type=_positive_int, help="forward batch size (default: autotuned)")
     p.set_defaults(func=cmd_explain)
@@ -127,7 +150,7 @@ def parse_sets(pairs: Sequence[str]) -> dict[str, str]:
     for pair in pairs:
         key, eq, value = pair.partition("=")
         if not eq or not key.strip():
-            raise SalientError(f"--set expects KEY=VALUE, got {pair!r}")
+            raise SalientError(f"--set expects KEY=VALUE, got {short_repr(pair)}")
         out[key.strip()] = value.strip()
     return out
 
@@ -159,11 +182,7 @@ def check_paths(images: Sequence[str]) -> list[str]:
 
 
 def check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise SalientError(f"--out {out}: exists and is not a directory")
-    parent = next((q for q in [out, *out.parents] if q.exists()), Path("."))
-    if not os.access(parent, os.W_OK):
-        raise SalientError(f"--out {out}: {parent} is not writable")
+    check_out_dir(out, "--out")
 
 
 def preflight(eng: Engine, paths: Sequence[str], method: Method, params: dict, target: Any, seed: int) -> None:
@@ -273,32 +292,56 @@ class ExplainPlan:
     target: Any
     metrics: tuple[str, ...]
     executor_opts: dict[str, Any]
+    model_id: str = ""
+    claims: dict[str, dict[str, Any]] | None = None  # method -> the settings its maps are made with
+
+
+def model_id(model: Model) -> str:
+    """The model's name with its options (``name?k=v&...``, sorted): the id the store compares."""
+    opts = "&".join(f"{k}={v}" for k, v in sorted(model.options.items()))
+    return f"{model.name}?{opts}" if opts else model.name
+
+
+def check_store(out: Path, restart: bool, mid: str, claims: dict[str, dict[str, Any]]) -> None:
+    """Refuse, before any work, an OUT whose store holds what these maps do not belong with (a
+    job's results, another model, the method with other settings: :mod:`salient.store.claims`);
+    ``restart`` discards an earlier explain's store, never a job's."""
+    from .store.claims import check_claims, held
+
+    attrs = held(out)
+    check_claims(out, {} if restart and "spec_hash" not in attrs else attrs, mid, None, claims)
 
 
 def plan_explain(args: argparse.Namespace) -> ExplainPlan:
     """The cheap checks first (method, parameters, files, OUT), then the model and the target."""
     method = get_method(args.method)
     params = method_params(args)
-    method.check_params(params)
+    checked = method.check_params(params)
     paths = check_paths(args.images)
     out = Path(args.out)
     check_out(out)
     model = load_model(args.model)
+    method.check_model(checked, model)
     target = parse_target(args.target, model)
+    label = model.label(target) if isinstance(target, int) else ""
+    claims = {method.name: {"method": method.name, "parameters": checked, "target": args.target, "seed": args.seed,
+                            "signed": method.signed, "label": label}}
+    check_store(out, args.restart, model_id(model), claims)
     opts = {k: getattr(args, k) for k in ("address", "workers", "gpus_per_worker", "batch_size")
             if getattr(args, k) is not None}
-    return ExplainPlan(method, params, paths, out, model, target, tuple(METRICS) if args.metrics else (), opts)
+    return ExplainPlan(method, params, paths, out, model, target, tuple(METRICS) if args.metrics else (), opts,
+                       model_id(model), claims)
 
 
 def write_explanations(eng: Engine, plan: ExplainPlan, args: argparse.Namespace,
                        progress: _Progress) -> int:
     """Explain every path into the store and PNGs, printing a line per map; returns the exit status
     (0, or 2 / 1 when an item failed mid-run on its data / unexpectedly)."""
-    from .store import Store  # zarr is imported only when something is written
+    from .store import Store, read_results  # zarr is imported only when something is written
+    from .store.claims import discard
 
     m = plan.method.name
-    spec = {"command": "explain", "images": plan.paths, "method": m, "params": plan.params, "target": args.target,
-            "seed": args.seed, "model": args.model, "metrics": list(plan.metrics)}
+    spec = {"command": "explain", "model": args.model}  # per method: the root's "methods"; items: the table
     stems = png_stems(plan.paths)
     images: dict[str, Image] = {}  # the originals of the items in flight, for their overlays
 
@@ -313,17 +356,22 @@ def write_explanations(eng: Engine, plan: ExplainPlan, args: argparse.Namespace,
             yield path, item
 
     status = 0
-    with Store(plan.out, plan.model.name, spec) as store:
+    if args.restart and plan.out.is_dir():
+        discard(plan.out, also=(plan.out / "overlays").glob("*.png"))
+    with Store(plan.out, plan.model_id, spec, methods=plan.claims) as store:
+        prev = read_results(plan.out, columns=["item_id", "position"])
+        known = dict(zip(prev["item_id"], prev["position"].astype(int), strict=True))  # replaced at their rows
         for path, res in eng.explain_many(entries(), m, args.target, args.seed, metrics=plan.metrics,
                                           on_progress=progress.on_forward, **plan.params):
             image = images.pop(path, None)
             progress.item_done()
             if isinstance(res, Exception):  # a failure only the run could show (bad data mid-run)
                 status = (status or 2) if isinstance(res, SalientError) else 1
-                store.add_error(path, path, m, one_line(res))
+                store.add_error(path, path, m, one_line(res), position=known.get(path))
                 progress.write(f"salient: error: {about(path, res)}", err=True)
                 continue
-            store.add(res[0].item_id if res else path, path, res)
+            item_id = res[0].item_id if res else path
+            store.add(item_id, path, res, position=known.get(item_id))
             write_pngs(plan.out / "overlays", stems[path], image or load_image(path), res)
             for s in res:
                 progress.write(map_line(path, s, bool(plan.metrics)))
@@ -345,6 +393,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 # -- entry point
+@contextlib.contextmanager
+def held_warnings() -> Iterator[None]:
+    """Warnings raised while a command runs are held, and shown only once it has succeeded: around a
+    one-line error (exit 2, or 1) they would bury it, and they mostly restate it (torch warning about
+    the input that the error names)."""
+    with warnings.catch_warnings(record=True) as caught:
+        yield
+    for w in caught:
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (the console script exits with it)."""
     try:
@@ -357,7 +416,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if func is None:
             parser.print_help(sys.stderr)
             return 2
-        return int(func(args) or 0)
+        with held_warnings():
+            return int(func(args) or 0)
     except SalientError as e:
         print(f"salient: error: {one_line(e)}", file=sys.stderr)
         return 2

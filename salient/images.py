@@ -8,11 +8,22 @@ Conversion rules (applied to files, arrays and tensors alike):
   is kept, not truncated; bool becomes 0/1;
 - float arrays must already lie in [0, 1]; anything else is an error rather than a guess.
 numpy arrays are (H, W), (H, W, C); torch tensors are (C, H, W) or (H, W); C in {1, 3, 4}.
+
+Memory bound for files: an image of more than ``MAX_PIXELS`` (4096 x 4096, 16.8 MP) is reduced while
+it is read, by the smallest integer factor that brings it to at most ``MAX_PIXELS`` (the model sees a
+few hundred pixels a side; overlays are drawn on this copy). A JPEG is decoded at reduced scale
+(Pillow's ``draft``: DCT scaling by 1/2, 1/4 or 1/8, then reduced the rest of the way); other formats
+are decoded once in their own 8- or 16-bit type and box-reduced at once, and Pillow's full copy is
+released before the float copy is made: reading costs at most the decoded file in Pillow's layout
+(4 bytes per pixel for RGB and RGBA: 400 MB for 100 MP) or the reduced copy as float32 (at most
+16.8 MP x 12 bytes = 201 MB), whichever is larger. Pillow refuses images above 179 MP (a decompression
+bomb) with a one-line error. Images up to ``MAX_PIXELS`` are read as they are, bit for bit.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +32,13 @@ import torch
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
-from .errors import ItemError
+from .errors import ItemError, short_repr
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp")
+MAX_PIXELS = 4096 * 4096  # larger images are reduced while they are read (see the module docstring)
+# Pillow warns from 89 MP on; images that large are reduced here, so the warning tells the user nothing
+# (its error, from 179 MP on, stays).
+warnings.filterwarnings("ignore", category=PILImage.DecompressionBombWarning)
 
 
 @dataclass
@@ -57,6 +72,38 @@ def _from_pil(im: PILImage.Image) -> np.ndarray:
     return arr
 
 
+def reduce_factor(width: int, height: int) -> int:
+    """The smallest integer f with ceil(width / f) x ceil(height / f) <= MAX_PIXELS."""
+    f = max(1, int((width * height / MAX_PIXELS) ** 0.5))
+    while -(-width // f) * -(-height // f) > MAX_PIXELS:
+        f += 1
+    return f
+
+
+def _decode(im: PILImage.Image) -> PILImage.Image:
+    """Decode an opened file, reduced to at most MAX_PIXELS (JPEG: at reduced scale while decoding)."""
+    f = reduce_factor(*im.size)
+    if f > 1 and im.format == "JPEG":
+        im.draft(im.mode, (-(-im.width // f), -(-im.height // f)))
+    im.load()
+    f = reduce_factor(*im.size)
+    if f == 1:
+        return im
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif im.mode == "1":
+        im = im.convert("L")
+    elif im.mode.startswith("I;16"):
+        im = im.convert("I")
+    return im.reduce(f)
+
+
+def _read(path: Path) -> np.ndarray:
+    """The file's pixels (reduced by ``_decode``); Pillow's copy is released on return, before any float copy."""
+    with PILImage.open(path) as im:
+        return _from_pil(_decode(im))
+
+
 def _to_canonical(arr: np.ndarray, name: str) -> np.ndarray:
     if arr.ndim == 2:
         arr = arr[:, :, None]
@@ -70,7 +117,8 @@ def _to_canonical(arr: np.ndarray, name: str) -> np.ndarray:
         info = np.iinfo(arr.dtype)
         if info.min < 0 and arr.min() < 0:
             raise ItemError(f"{name}: negative pixel values in an integer image")
-        x = arr.astype(np.float32) / float(info.max)
+        x = arr.astype(np.float32)
+        x /= float(info.max)  # in place: one float copy of the image, not two
     elif np.issubdtype(arr.dtype, np.floating):
         x = arr.astype(np.float32)
         if not np.isfinite(x).all():
@@ -105,7 +153,7 @@ def load_image(src: str | os.PathLike | np.ndarray | torch.Tensor | Image, name:
     """Load a path (JPEG, PNG, TIFF, WebP, BMP), numpy array or tensor as an :class:`Image`.
 
     Raises :class:`ItemError` with a one-line reason for a missing, unreadable, truncated or
-    zero-sized image.
+    zero-sized image, or an input of another type. Files above ``MAX_PIXELS`` are reduced while read.
     """
     if isinstance(src, Image):
         return src
@@ -116,6 +164,9 @@ def load_image(src: str | os.PathLike | np.ndarray | torch.Tensor | Image, name:
         return Image(_to_canonical(t.numpy(), name or "tensor"), name or "tensor", "tensor")
     if isinstance(src, np.ndarray):
         return Image(_to_canonical(src, name or "array"), name or "array", "array")
+    if not isinstance(src, (str, os.PathLike)):
+        raise ItemError(f"load_image expects a file path, a numpy array, a torch tensor or an Image, "
+                        f"got {type(src).__name__} {short_repr(src, 80)}")
     path = Path(src)
     label = name or path.stem
     if not path.exists():
@@ -125,9 +176,7 @@ def load_image(src: str | os.PathLike | np.ndarray | torch.Tensor | Image, name:
     if path.stat().st_size == 0:
         raise ItemError(f"{path}: empty file (0 bytes)")
     try:
-        with PILImage.open(path) as im:
-            im.load()
-            arr = _from_pil(im)
+        arr = _read(path)
     except UnidentifiedImageError:
         if _png_zero_size(path):
             raise ItemError(f"{path}: zero-sized image (its PNG header gives width or height 0)") from None

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from toy_models import Linear, Region
+from toy_models import ConvBnReLU6, Linear, Region
 
 TOY_OPTIONS = "input_size=32&mean=0,0,0&std=1,1,1&score=logit"
 
@@ -24,6 +24,11 @@ def linear() -> nn.Module:
 
 def region() -> nn.Module:
     return Region(box=(8, 16, 20, 28))
+
+
+def relu6() -> nn.Module:
+    """Conv -> batch norm -> ReLU6 chains: the CPU fast paths (fusion, incremental) apply to it."""
+    return ConvBnReLU6()
 
 
 class Spatial(nn.Module):

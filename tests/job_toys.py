@@ -8,7 +8,7 @@ import time
 
 import torch
 from torch import nn
-from toy_models import Linear
+from toy_models import ConvBnReLU6, Linear
 
 OPTIONS = {"input_size": 32, "mean": "0,0,0", "std": "1,1,1", "score": "logit"}
 
@@ -19,6 +19,11 @@ def spec(name: str) -> str:
 
 def linear() -> nn.Module:
     return Linear(n_classes=3, size=32, seed=0)
+
+
+def conv() -> nn.Module:
+    """A small CNN: CAMs find a layer with a feature map in it."""
+    return ConvBnReLU6()
 
 
 class NanOnWhite(Linear):

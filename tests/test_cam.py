@@ -297,9 +297,11 @@ class Odd(nn.Module):
 
 
 def _error(model, method: str, **params) -> str:
+    """The one-line error of explaining with ``params``: a layer that cannot resolve on the model is
+    refused before any work (a SalientError), the rest per item (an ItemError)."""
     x = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(5))
     with salient.Engine(model, batch_size=2) as eng:
-        with pytest.raises(salient.ItemError) as info:
+        with pytest.raises(salient.SalientError) as info:
             eng.explain(Item("x", x), method, target=0, **params)
     msg = str(info.value)
     assert "\n" not in msg

@@ -326,7 +326,8 @@ def test_demo_with_a_toy_model(tmp_path, capsys):
     methods = demo_methods()
     methods[0].update(n_masks=16, chunk=16)
     methods[1].update(grids=[4], weights=[1.0])
-    model = {"name": "job_toys:linear", **OPTIONS}
+    methods[3].update(iterations=3)
+    model = {"name": "job_toys:conv", **OPTIONS}  # a CAM needs a conv layer (a linear model is refused up front)
     run_demo(tmp_path / "demo", photos=("chelsea", "coffee"), methods=methods, model=model, step=64, batch_size=8)
     printed = capsys.readouterr().out
     assert "insertion_auc" in printed and "rise" in printed and "dida" in printed

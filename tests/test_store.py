@@ -16,7 +16,7 @@ import zarr
 
 from salient.errors import SalientError
 from salient.saliency import Saliency
-from salient.store import COMPRESSORS, Store, compact_results, item_key, read_map, read_results
+from salient.store import COMPRESSORS, Store, check_maps, compact_results, item_key, read_map, read_results
 from salient.store import files as store_mod
 from salient.store.pipeline import _Writer
 from salient.store.shards import _ShardCodec
@@ -135,22 +135,44 @@ def test_resume_keeps_maps_of_a_partial_shard(tmp_path):
     assert list(read_results(tmp_path)["position"]) == list(range(6))
 
 
-def test_damaged_shard_is_found_and_removed(tmp_path):
+def test_a_damaged_chunk_loses_only_its_map(tmp_path):
+    """A flipped byte fails one chunk's CRC32C, a truncated file loses its index (every map of the
+    shard); a store reopened to redo them keeps every intact map of those shards."""
     maps = maps_for(8)
     with Store(tmp_path, shard_items=4) as st:
         for p in range(8):
             st.add(f"i{p}", "", [sal(maps[p])], position=p)
     shard = tmp_path / "saliency.zarr" / "maps" / "rise" / "c" / "1" / "0" / "0"
     data = bytearray(shard.read_bytes())
-    data[40:48] = b"\xff" * 8  # flip bytes inside a chunk: the chunk's CRC32C no longer matches
+    data[40:48] = b"\xff" * 8  # flip bytes inside the shard's first chunk (position 4)
     shard.write_bytes(bytes(data))
-    with Store(tmp_path, shard_items=4) as st:
-        assert st.verify("rise", [0, 1]) == [1]
-    assert not shard.exists()
+    assert check_maps(tmp_path, read_results(tmp_path)).lost == {"rise": {4: "damaged"}}
     truncated = tmp_path / "saliency.zarr" / "maps" / "rise" / "c" / "0" / "0" / "0"
     truncated.write_bytes(truncated.read_bytes()[:100])
+    lost = check_maps(tmp_path, read_results(tmp_path)).lost["rise"]
+    assert lost == {0: "damaged", 1: "damaged", 2: "damaged", 3: "damaged", 4: "damaged"}
     with Store(tmp_path, shard_items=4) as st:
-        assert st.verify("rise", [0]) == [0]
+        for p in range(8):
+            if p in lost:
+                st.add(f"i{p}", "", [sal(maps[p])], position=p)
+            else:
+                st.skip(p, "rise")
+    arr = zarr.open_group(tmp_path / "saliency.zarr", mode="r")["maps/rise"]
+    assert all(np.array_equal(arr[p], maps[p]) for p in range(8))
+    assert check_maps(tmp_path, read_results(tmp_path)).n_lost == 0
+
+
+def test_maps_of_odd_sizes_are_checked_too(tmp_path):
+    with Store(tmp_path, shard_items=2) as st:
+        st.add("a", "", [sal(maps_for(1)[0])], position=0)
+        st.add("b", "", [sal(m) for m in maps_for(2, shape=(5, 7))], position=1)  # items/b/rise, 2 targets
+        st.add("c", "", [sal(maps_for(1, shape=(6, 6))[0])], position=2)
+    assert check_maps(tmp_path, read_results(tmp_path)).n_lost == 0
+    node = tmp_path / "saliency.zarr" / "items"
+    chunk = next(p for p in (node / "b" / "rise").rglob("*") if p.is_file() and p.name != "zarr.json")
+    chunk.write_bytes(chunk.read_bytes()[:-3])
+    (node / "c" / "rise" / "zarr.json").unlink()  # the array is gone (its chunks stay)
+    assert check_maps(tmp_path, read_results(tmp_path)).lost == {"rise": {1: "damaged", 2: "missing"}}
 
 
 def test_topk_adds_a_target_axis_and_odd_sizes_go_to_items(tmp_path):

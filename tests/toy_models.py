@@ -80,6 +80,35 @@ class FeatureMap(nn.Module):
         return x * 2
 
 
+class ConvBnReLU6(nn.Module):
+    """A small MobileNet-like net whose conv -> batch norm -> ReLU6 chains the CPU fusion rewrites
+    (salient.engine.fuse) and the incremental plan splits: a stride-2 stem, two 3 x 3 blocks (one with
+    a residual sum), pooling, a linear head. Seeded; any input size."""
+
+    def __init__(self, n_classes: int = 3, width: int = 8, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.stem = nn.Conv2d(3, width, 3, stride=2, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.bn0, self.bn1, self.bn2 = (nn.BatchNorm2d(width) for _ in range(3))
+        self.act0, self.act1, self.act2 = nn.ReLU6(), nn.ReLU6(), nn.ReLU6()
+        self.head = nn.Linear(width, n_classes)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+            for bn in (self.bn0, self.bn1, self.bn2):
+                bn.running_mean.copy_(torch.randn(width, generator=g) * 0.1)
+                bn.running_var.copy_(torch.rand(width, generator=g) + 0.5)
+        self.eval()
+
+    def forward(self, x):
+        x = self.act0(self.bn0(self.stem(x)))
+        x = x + self.act1(self.bn1(self.conv1(x)))
+        x = self.act2(self.bn2(self.conv2(x)))
+        return self.head(x.mean(dim=(2, 3)))
+
+
 def make_linear(n_classes: int = 3) -> nn.Module:
     """A ``pkg.module:callable`` entry point for model-spec tests."""
     return Linear(n_classes=n_classes, seed=7)

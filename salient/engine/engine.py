@@ -14,6 +14,7 @@ import numpy as np
 from ..errors import SalientError
 from ..images import Image, load_image
 from ..item import Item
+from ..kernels import check_fill
 from ..methods import get_method
 from ..methods.drive import lockstep
 from ..methods.metric import get_metric
@@ -61,6 +62,15 @@ def make_executor(kind: str, model: Model, **opts: Any):
 
         return RayExecutor(model, **opts)
     raise SalientError(f"unknown executor {kind!r}; choose one of {', '.join(EXECUTORS)}")
+
+
+def check_executor(kind: str, model: Model, **opts: Any) -> None:
+    """What ``make_executor`` would refuse before it allocates (local: device, workers, memory), checked
+    without starting anything, so that a job fails before it writes; a Ray cluster is checked as it is joined."""
+    if kind == "local":
+        from .local import check_local
+
+        check_local(model, **opts)
 
 
 def item_id_for(image: Image, index: int) -> str:
@@ -120,6 +130,9 @@ class Engine:
         """An Item (id, preprocessed input) from anything ``load_image`` accepts; Items pass through."""
         if isinstance(image, Item):
             return image
+        if self.model.frames:
+            raise SalientError(f"model {self.model.name} is a video net (clips of {self.model.frames} frames); "
+                               "it cannot explain a still image: give it an Item holding a clip (C, T, H, W)")
         img = load_image(image)
         return Item(item_id or item_id_for(img, index), self.model.preprocess(img), img)
 
@@ -149,10 +162,15 @@ class Engine:
         hold (key, image) pairs or images (the key is then the position). Parameters are checked
         before any work."""
         m = get_method(method)
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise SalientError(f"seed must be an integer >= 0, got {seed!r}")
         checked = m.check_params(params)
+        m.check_model(checked, self.model)
         tgt = parse_target(target, self.model)
         for k in metrics:
             get_metric(k)  # a one-line error for an unknown name
+        if substrate is not None:
+            check_fill(substrate, "substrate")
         metric_opts = {"step": step, "substrate": substrate}
 
         def tasks():

@@ -17,6 +17,10 @@ outputs as ``module(batch)`` (float32 rounding aside) for a fraction of the earl
 
 The cut is chosen by a cost model (activation sizes from one pass over ``example``): the node
 that saves the most for a box of a seventh of the input side (occlusion windows, DiDA cells).
+
+Non-finite inputs: the prefix and suffix are pieces of a fused module, whose activations turn NaN
+into numbers (``salient.engine.fuse``); the caller gives samples that hold NaN or ±inf the original
+module's outputs (``fuse.with_reference_rows``), as the worker does.
 """
 
 from __future__ import annotations

@@ -7,6 +7,10 @@ team slows down badly when other processes share the cores).
 On a GPU it runs one worker. Every worker has its own replica of the module (a white-box query
 hooks its worker's module: a shared one would see the other threads' forwards) and all share one
 batch size.
+Memory: at most ``WORKERS_PER_CORE`` workers per core (each one is a replica of the model and its
+batches; beyond that they add memory, not speed: more workers are what the Ray executor is for),
+and the workers' batches must fit in the memory available (:func:`~salient.engine.memory.check_fits`),
+both checked before anything is allocated.
 """
 
 from __future__ import annotations
@@ -18,12 +22,17 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+import torch
+
 from ..errors import SalientError
 from ..item import Item
 from ..models import Model
 from ..queries import Query
 from .executor import Done, Event, Failed, Unit
+from .memory import check_fits
 from .worker import Worker, default_threads, pick_device, resolve_batch_size
+
+WORKERS_PER_CORE = 2
 
 
 def replica(model: Model) -> Model:
@@ -41,6 +50,31 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def local_plan(device: str | None, threads: int | None, workers: int | None) -> tuple[torch.device, int | None, int]:
+    """(device, intra-op threads, workers) of a LocalExecutor: the defaults filled in, and a worker count
+    below 1 or above ``WORKERS_PER_CORE`` per core refused (see the module docstring)."""
+    dev = pick_device(device)
+    threads = default_threads(dev, threads)
+    if workers is None:
+        workers = max(1, cpu_count() // (threads or 1)) if dev.type == "cpu" else 1
+    if int(workers) < 1:
+        raise SalientError(f"workers must be >= 1, got {workers}")
+    if int(workers) > WORKERS_PER_CORE * cpu_count():
+        raise SalientError(f"workers must be at most {WORKERS_PER_CORE * cpu_count()} for the local executor "
+                           f"({WORKERS_PER_CORE} per core, {cpu_count()} cores here), got {workers}; more workers need "
+                           "the ray executor")
+    return dev, threads, int(workers)
+
+
+def check_local(model: Model, device: str | None = None, batch_size: int | str | None = None,
+                workers: int | None = None, threads: int | None = None, **_: Any) -> None:
+    """What LocalExecutor(model, ...) would refuse (device, workers, memory), checked without starting it;
+    the memory only where the batch size is known without autotuning."""
+    dev, threads, workers = local_plan(device, threads, workers)
+    if str(batch_size).strip().lower() != "auto" and (batch_size is not None or dev.type == "cpu"):
+        check_fits(model, dev, resolve_batch_size(model, dev, batch_size), workers)
+
+
 class LocalExecutor:
     """``workers`` threads (default: one per core on CPU, one on a GPU), ``threads`` intra-op threads
     per forward (default 1 on CPU), one ``batch_size`` (default: see ``resolve_batch_size``);
@@ -51,15 +85,10 @@ class LocalExecutor:
     def __init__(self, model: Model, device: str | None = None, batch_size: int | str | None = None,
                  workers: int | None = None, threads: int | None = None, depth: int = 2, unit_batches: int = 4,
                  max_items: int = 256, fuse: bool = True, incremental: bool = True, **_: Any):
-        dev = pick_device(device)
-        self.threads = default_threads(dev, threads)
-        if workers is None:
-            workers = max(1, cpu_count() // (self.threads or 1)) if dev.type == "cpu" else 1
-        if int(workers) < 1:
-            raise SalientError(f"workers must be >= 1, got {workers}")
-        self.n_workers = int(workers)
+        dev, self.threads, self.n_workers = local_plan(device, threads, workers)
         self.depth, self.unit_batches = int(depth), int(unit_batches)
         size = resolve_batch_size(model, dev, batch_size)  # once, shared: same shape, same bits
+        check_fits(model, dev, size, self.n_workers)
         models = [model] + [replica(model) for _ in range(self.n_workers - 1)]
         self.workers = [Worker(m, dev, size, max_items, fuse=fuse, incremental=incremental) for m in models]
         for w in self.workers:

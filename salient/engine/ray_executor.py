@@ -29,10 +29,11 @@ import ray
 import torch
 from ray import exceptions as rex
 
-from ..errors import SalientError
+from ..errors import SalientError, short_repr
 from ..models import Model
 from .executor import Done, Event, Failed, Lost, Unit, error_line
-from .worker import Worker, default_threads, resolve_batch_size
+from .memory import check_fits
+from .worker import Worker, default_threads, parse_device, resolve_batch_size
 
 # Errors that mean "the worker (process, node) went away", as opposed to an error raised by the unit.
 LOST_ERRORS: tuple[type[BaseException], ...] = tuple(
@@ -58,6 +59,15 @@ def start_local_ray(num_cpus: int | None = None, object_store_memory: int | None
     ray.init(num_cpus=num_cpus, object_store_memory=object_store_memory, include_dashboard=False,
              log_to_driver=opts.pop("log_to_driver", False), runtime_env=opts.pop("runtime_env", local_runtime_env()),
              **opts)
+
+
+def join_ray(address: str) -> None:
+    """``ray.init(address=...)``: a cluster that cannot be reached is a one-line error."""
+    try:
+        ray.init(address=address, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
+        raise SalientError(f"Ray address {short_repr(address, 80)}: no Ray cluster there ({error_line(e)}); start one "
+                           "(ray start --head) or leave the address out to start a local Ray") from None
 
 
 def portable(model: Model) -> Model:
@@ -129,11 +139,12 @@ class RayExecutor:
                  incremental: bool = True, **_: Any):
         self.lost_timeout = lost_timeout
         self._owns_ray = not ray.is_initialized()
+        self._local = self._owns_ray and address is None
         if self._owns_ray:
             if address is None:
                 start_local_ray(num_cpus=num_cpus, object_store_memory=object_store_memory)
             else:
-                ray.init(address=address, log_to_driver=False)
+                join_ray(address)
         try:
             self._start(model, workers, gpus_per_worker, batch_size, threads, device, depth, unit_batches, max_items,
                         max_restarts, start_timeout, fuse, incremental)
@@ -150,7 +161,7 @@ class RayExecutor:
         if device in (None, "auto"):
             use_gpu = n_gpus > 0 and (gpus_per_worker or 0) > 0
         else:
-            use_gpu = torch.device(device).type == "cuda"
+            use_gpu = parse_device(device).type == "cuda"
         if use_gpu:
             if n_gpus < gpus_per_worker:
                 raise SalientError(f"the Ray cluster has {n_gpus:g} GPUs; a worker asks for {gpus_per_worker:g}")
@@ -179,6 +190,8 @@ class RayExecutor:
         elif batch_size is None or str(batch_size).lower() == "auto":  # once, on a worker-like slot, shared
             batch_size = ray.get(ray.remote(**opts)(_autotune).remote(self._model_ref, dev, self.threads))
         self.batch_size = int(batch_size)
+        if self._local and dev == "cpu":  # the actors share this machine's memory
+            check_fits(model, torch.device("cpu"), self.batch_size, n)
         actor = ray.remote(RayWorker).options(**opts, max_restarts=max_restarts, max_task_retries=0)
         self.actors = [actor.remote([self._model_ref], dev, self.batch_size, self.threads, max_items, fuse, incremental)
                        for _ in range(n)]

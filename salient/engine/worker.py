@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ItemError, SalientError
+from ..errors import ItemError, SalientError, short_repr
 from ..kernels import kernels_for
 from ..models import Model
 from ..queries import ItemContext, Query, QueryFailure, WhiteBoxQuery
-from .fuse import fuse_for_cpu
+from .fuse import fuse_for_cpu, with_reference_rows
 from .incremental import IncrementalPlan, plan_incremental
 
 BATCH_CANDIDATES = (1, 2, 4, 8, 16, 32, 64)
@@ -33,10 +33,31 @@ CPU_BATCH_SIZE = 4  # the CPU default: fixed (so two runs give the same bits); f
 # (through the fused module: 1.3x over batch 2 for RISE, 1.2x for occlusion; batch 8 is slower again)
 
 
-def pick_device(device: str | torch.device | None = None) -> torch.device:
-    if device is not None and str(device) != "auto":
+def parse_device(device: str | torch.device) -> torch.device:
+    """A device name (cpu, cuda, cuda:N, mps, ...) as a torch.device; a one-line error for anything else."""
+    try:
         return torch.device(device)
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    except (RuntimeError, TypeError, ValueError):
+        raise SalientError(f"device {short_repr(device, 60)}: not a device; use cpu, cuda, cuda:N, mps or auto") \
+            from None
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """The device to run on (None or "auto": the GPU if there is one); a device that this machine lacks
+    is a one-line error here, not a failure at the first tensor moved to it."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    dev = parse_device(device)
+    if dev.type == "cpu":
+        return dev
+    backend = getattr(torch, dev.type, None)
+    n = backend.device_count() if backend is not None and hasattr(backend, "device_count") else 0
+    if not n and backend is not None and getattr(backend, "is_available", lambda: False)():
+        n = 1
+    if not n or (dev.index or 0) >= n:
+        have = f"{n} {dev.type} device{'s' * (n != 1)}" if n else f"no {dev.type} device"
+        raise SalientError(f"device {device}: this machine has {have}; use cpu or auto")
+    return dev
 
 
 def autotune_batch(model: Model, device: torch.device, candidates=BATCH_CANDIDATES, min_seconds: float = 0.3) -> int:
@@ -97,6 +118,9 @@ class Worker:
     activations fused into oneDNN convolutions, ~1.5-2x faster; see ``salient.engine.fuse``), and
     queries whose inputs differ from their item only inside a box (occlusion, DiDA) recompute only
     what the box changes in the early layers (``incremental=True``; ``salient.engine.incremental``).
+    Both fast paths hand the samples of a batch that hold NaN or ±inf to ``module`` itself (the fused
+    activations would turn NaN into numbers: ``salient.engine.fuse``), so a non-finite input gives
+    the same scores, and the same "model returned NaN" failure, with or without them.
     White-box queries (CAMs: hooks, gradients) always use ``module`` itself.
     """
 
@@ -187,7 +211,7 @@ class Worker:
     def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Raw outputs (n, K) for a batch already on the device (through the fused module if any)."""
         with torch.inference_mode():
-            logits = (self.module if self.fused is None else self.fused)(x)
+            logits = self.module(x) if self.fused is None else with_reference_rows(self.fused(x), x, self.module)
         self.n_forward += x.shape[0]
         self.n_batches += 1
         return logits
@@ -203,7 +227,7 @@ class Worker:
                 if key not in ctx.cache:
                     ctx.cache[key] = self.plan.base(ctx.x)
                 bases.append(ctx.cache[key])
-            logits = self.plan.forward(x, bases, boxes)
+            logits = with_reference_rows(self.plan.forward(x, bases, boxes), x, self.module)
         self.n_forward += x.shape[0]
         self.n_batches += 1
         return logits

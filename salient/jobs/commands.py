@@ -1,4 +1,4 @@
-"""The job subcommands of ``salient``: ``run JOB.yaml``, ``show OUT``, ``demo``.
+"""The job subcommands of ``salient``: ``run JOB.yaml``, ``show OUT``, ``repair OUT``, ``demo``.
 
 ``salient.cli`` calls :func:`add_subcommands` with its subparsers; each subcommand sets ``func``
 (``args -> exit code``). Bad input raises SalientError (the CLI prints one line, exit code 2);
@@ -27,11 +27,20 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out", metavar="OUT", help="a folder written by salient run, demo or explain")
     p.set_defaults(func=cmd_show)
 
+    p = sub.add_parser("repair", help="mend a damaged store, keeping every intact map; then rerun the job",
+                       description="Move unreadable results parts aside into OUT/damaged/, rebuild a damaged "
+                                   "or lost zarr.json from the copy every results part carries, and count the "
+                                   "maps that are missing or damaged: the next `salient run` of the job redoes "
+                                   "only what was lost.")
+    p.add_argument("out", metavar="OUT", help="a folder written by salient run, demo or explain")
+    p.set_defaults(func=cmd_repair)
+
     p = sub.add_parser("demo", help="explain the sample photos with the real model (RISE, DiDA, Grad-CAM++, BOREx)",
                        description="The sample photos, the embedded EfficientNet-Lite0, four methods, their "
                                    "insertion/deletion AUCs, the store, PNG overlays and DiDA-View panels, and a "
                                    "summary table. A few minutes on a laptop CPU.")
-    p.add_argument("--out", default="demo", metavar="DIR", help="output folder (default ./demo)")
+    p.add_argument("--out", default="demo", metavar="DIR",
+                   help="output folder (default ./demo): new, empty, or an earlier demo's (others are refused)")
     p.add_argument("--restart", action="store_true", help="discard an earlier demo in DIR")
     p.set_defaults(func=cmd_demo)
 
@@ -51,6 +60,14 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     for line in show_table(args.out):
         print(line)
+    return 0
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    from ..store.repair import repair
+
+    for line in repair(args.out):
+        print(f"salient repair: {line}")
     return 0
 
 

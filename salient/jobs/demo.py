@@ -1,8 +1,12 @@
 """``salient demo``: the sample photos, the real model, four methods, their metrics, the store,
 PNG overlays, DiDA-View panels and a summary table, in a few minutes on a laptop CPU.
 
-It writes the photos to ``OUT/photos/`` and a job spec to ``OUT/job.yaml``, then runs that job (so
+It writes a job spec to ``OUT/job.yaml`` and the photos to ``OUT/photos/`` with a manifest listing
+them (``photos/photos.csv``: the job reads these files and no others), then runs that job (so
 ``salient run OUT/job.yaml`` reruns or resumes it, and ``salient show OUT`` summarises it).
+OUT must be new, empty, or an earlier demo's output (its ``job.yaml`` starts with
+:data:`DEMO_MARK`); anything else is refused before a file is written, and so is an earlier demo
+with other settings (other photos or methods) unless ``restart``.
 
 Forward-pass budget (at about 30 passes/s on a 2-core CPU), for 4 photos:
 RISE 1000 masks (4 x 1001), DiDA with grids 7, 11, 15 for the top 3 classes (4 x 396),
@@ -13,6 +17,7 @@ Grad-CAM++ (one forward and backward each), BOREx on the Grad-CAM++ prior with 3
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +27,7 @@ import yaml
 
 from ..errors import SalientError
 from ..methods import get_method
+from ..paths import check_out_dir
 from ..saliency import Saliency
 from ..store import read_map, read_results
 from .spec import parse_spec
@@ -29,6 +35,8 @@ from .spec import parse_spec
 DEMO_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
 DEMO_GRIDS = (7, 11, 15)
 DEMO_STEP = 1792  # insertion/deletion: 28 steps at 224 x 224
+DEMO_MARK = "# written by salient demo (rerun or resume: salient run job.yaml)\n"
+MANIFEST = "photos/photos.csv"  # the demo's items: its photos, listed (never whatever else lies in photos/)
 
 
 def blend_weights(n: int) -> tuple[float, ...]:
@@ -61,6 +69,45 @@ def available(methods: list[dict[str, Any]], echo: Callable[[str], None]) -> lis
             continue
         keep.append(m)
     return keep
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write a whole file at once (a temp file renamed): a crash leaves the old one or the new."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def demo_files(data: dict[str, Any], photos: tuple[str, ...]) -> dict[str, str]:
+    """The demo's own text files (relative path -> content): the job spec and its manifest."""
+    return {"job.yaml": DEMO_MARK + yaml.safe_dump(data, sort_keys=False),
+            MANIFEST: "".join(f"{line}\n" for line in ("path", *(f"{n}.png" for n in photos)))}
+
+
+def check_demo_out(out: Path, files: dict[str, str], restart: bool) -> None:
+    """Refuse, before anything is written, an OUT that is neither new, empty nor an earlier demo's
+    output, and (unless ``restart``) an earlier demo whose files differ from ``files``."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise SalientError(f"demo: --out {out} exists and is not a directory")
+    if not any(out.iterdir()):
+        return
+
+    def text(rel: str) -> str | None:
+        try:
+            return (out / rel).read_text()
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    if not (text("job.yaml") or "").startswith(DEMO_MARK):
+        raise SalientError(f"demo: --out {out} is not empty and holds no earlier demo (no job.yaml written by "
+                           "salient demo); choose a new or empty folder")
+    changed = [rel for rel, body in files.items() if text(rel) not in (None, body)]  # a missing one is written
+    if changed and not restart:
+        raise SalientError(f"demo: {out} holds an earlier demo with other settings ({', '.join(changed)} "
+                           "differ); rerun with --restart to discard it, or choose another --out")
 
 
 def write_photos(folder: Path, names: tuple[str, ...]) -> None:
@@ -107,7 +154,7 @@ def write_overlays(out: Path, echo: Callable[[str], None]) -> int:
 def demo_spec(methods: list[dict[str, Any]], model: str | dict = "efficientnet-lite0",
               step: int | None = DEMO_STEP, batch_size: int | None = None) -> dict[str, Any]:
     spec: dict[str, Any] = {
-        "model": model, "source": {"images": "photos/*.png"}, "targets": "top1", "methods": methods,
+        "model": model, "source": {"manifest": MANIFEST}, "targets": "top1", "methods": methods,
         "metrics": {"kinds": ["insertion", "deletion"], "step": step}, "seed": 0, "out": ".",
     }
     if batch_size:
@@ -124,13 +171,20 @@ def run_demo(out: str | Path = "demo", restart: bool = False, photos: tuple[str,
     from .runner import run_job
 
     out = Path(out)
+    check_out_dir(out, "--out")
     chosen = available(methods if methods is not None else demo_methods(), echo)
     if not chosen:
         raise SalientError("demo: none of its methods is available")
     data = demo_spec(chosen, model, step, batch_size)
     spec = parse_spec(data, out.resolve(), "demo job")  # validated before anything is written
+    files = demo_files(data, photos)
+    check_demo_out(out, files, restart)
+    for rel, body in files.items():  # job.yaml first: from here on OUT is recognisably the demo's
+        _write_text(out / rel, body)
     write_photos(out / "photos", photos)
-    (out / "job.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    if restart:  # the earlier demo's overlays go with its store
+        for png in (out / "overlays").glob("*.png"):
+            png.unlink()
     echo(f"demo: {len(photos)} photos, methods {', '.join(m['name'] for m in chosen)} -> {out} "
          f"(rerun or resume: salient run {out / 'job.yaml'})")
     summary = run_job(spec, restart=restart, progress=progress, echo=echo)

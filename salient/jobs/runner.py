@@ -9,9 +9,13 @@ Resume: the store records the spec hash (:meth:`JobSpec.spec_hash`: model, sourc
 methods with their checked parameters, metrics, seed, a fixed batch size) and the batch size the
 first run used (so forward passes have the same shape again and maps are bitwise equal). A rerun
 with the same spec reads the table, checks that each recorded position still holds the same item
-id, skips the (item, method) pairs whose rows are all ``ok``, re-reads the shards it will rewrite
-(a damaged one is deleted and its items redone), and redoes the rest. A different spec is refused
-unless ``restart`` discards the store first.
+id, skips the (item, method) pairs whose rows are all ``ok`` and whose maps check out (every shard
+file holding one is read once and its checksums verified, :func:`salient.store.check_maps`; a map
+missing or damaged is redone), and redoes the rest. A different spec is refused unless ``restart``
+discards the store first. A refused run changes nothing: damaged metadata (one line naming the
+file: ``salient repair OUT``), another spec, an unreadable table or a changed source (the listing
+of the positions the store holds is compared first: one pass over the source's names) are all
+found before the store is opened for writing.
 
 Errors: an item that cannot be read, has a bad mask or box, or yields NaN scores becomes an
 ``error`` row with a one-line reason and the job goes on; ``strict`` makes a job with any error
@@ -21,7 +25,6 @@ rows fail (exit code 1).
 from __future__ import annotations
 
 import hashlib
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,12 +34,14 @@ from typing import Any
 import numpy as np
 
 from ..engine import Engine, Task
-from ..engine.engine import scored_task
+from ..engine.engine import check_executor, scored_task
 from ..engine.tasks import parse_target
 from ..errors import SalientError
 from ..methods import get_method
 from ..models import Model, load_model
-from ..store import ZARR_NAME, Store, item_status, read_results
+from ..paths import check_out_dir
+from ..store import ZARR_NAME, Store, check_maps, check_metadata, item_status, read_results
+from ..store.check import MapCheck
 from .progress import Progress
 from .sources import Entry, Source, count_in_background, entry_meta, make_source, prefetch
 from .spec import JobSpec, load_spec
@@ -76,6 +81,7 @@ class JobSummary:
     out: Path
     items: int = 0  # items in the source
     skipped: int = 0  # items an earlier run had completed
+    lost: dict[str, dict[str, int]] = field(default_factory=dict)  # method -> {missing, damaged}: maps redone
     done_now: int = 0  # items explained (or failed) in this run
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # method -> {ok, error} over the store
     errors: list[tuple[str, str, str]] = field(default_factory=list)  # first few (item id, method, reason)
@@ -93,6 +99,9 @@ class JobSummary:
                f"{self.n_forward} forward passes in {self.seconds:.1f} s ({rate:.1f}/s) -> {self.out}"]
         for m, c in self.counts.items():
             out.append(f"  {m}: {c.get('ok', 0)} ok, {c.get('error', 0)} error")
+        for m, c in self.lost.items():
+            out.append(f"  {m}: " + ", ".join(f"{n} {s}" for s, n in c.items() if n)
+                       + " map(s) found before this run, their items redone")
         for item, m, reason in self.errors:
             out.append(f"  error: {item} [{m}]: {reason}")
         if self.items == 0:
@@ -116,7 +125,8 @@ def _field_error(field_name: str, e: SalientError) -> SalientError:
 
 def plan_job(spec: JobSpec) -> Plan:
     """Everything checked before any work: the model loads, each method's target resolves, the
-    source can be read."""
+    source can be read, the output folder can be made, the executor's workers fit."""
+    check_out_dir(spec.path(spec.out), "out")
     try:
         options = spec.model.options()
         if "weights" in options:
@@ -134,9 +144,20 @@ def plan_job(spec: JobSpec) -> Plan:
             target = parse_target(tspec, model)
         except SalientError as e:
             raise _field_error(f"methods.{i}.targets" if m.targets is not None else "targets", e) from None
+        try:
+            get_method(m.name).check_model(m.params, model)
+        except SalientError as e:
+            raise _field_error(f"methods.{i}", e) from None
         methods.append(MethodPlan(m.name, m.params, tspec, target, get_method(m.name).signed))
-    source = make_source(spec.source, spec.base_dir)
+    source = make_source(spec.source, spec.base_dir, out=spec.path(spec.out))  # never reads its own output
     source.check()
+    if model.frames and not getattr(source, "clips", False):  # every source kind so far yields still images
+        raise SalientError(f"model: {model.name} is a video net (clips of {model.frames} frames); source."
+                           f"{spec.source_kind} yields still images: use an image model")
+    try:
+        check_executor(spec.executor.kind, model, **spec.executor.options())
+    except SalientError as e:
+        raise _field_error("executor", e) from None
     return Plan(spec, model, methods, source, spec.path(spec.out))
 
 
@@ -158,15 +179,11 @@ def prepare_out(plan: Plan, restart: bool) -> dict[str, Any]:
     if not exists:
         return {}
     if restart:
-        from ..store.files import _Lock
+        from ..store.claims import discard
 
-        lock = _Lock(out / ".lock")
-        try:
-            shutil.rmtree(zdir, ignore_errors=True)
-            shutil.rmtree(rdir, ignore_errors=True)
-        finally:
-            lock.release()
+        discard(out)
         return {}
+    check_metadata(out)  # damaged metadata: one line naming the file, not "not written by this job"
     try:
         attrs = dict(zarr.open_group(zdir, mode="r").attrs)
     except Exception:  # noqa: BLE001 - no readable root: not a store of a job
@@ -192,6 +209,7 @@ class _Previous:
     ids: np.ndarray
     done: dict[str, np.ndarray]
     id_of: Callable[[int], str]
+    lost: MapCheck = field(default_factory=MapCheck)  # ok rows whose maps are missing or damaged
 
     @property
     def n(self) -> int:
@@ -203,7 +221,9 @@ class _Previous:
 
 
 def read_previous(out: Path, methods: list[str]) -> _Previous:
-    df = read_results(out, columns=["position", "item_id", "method", "status"])
+    """What earlier runs left; an item counts as done only if its rows are ok and their maps check
+    out (:func:`~salient.store.check_maps`)."""
+    df = read_results(out, columns=["position", "item_id", "method", "status", "index", "rank"])
     if not len(df):
         return _Previous(np.zeros(0, np.uint64), {}, str)
     pos = df["position"].to_numpy(np.int64)
@@ -212,14 +232,16 @@ def read_previous(out: Path, methods: list[str]) -> _Previous:
     first = df.drop_duplicates("position")
     ids[first["position"].to_numpy(np.int64)] = _id_hash(first["item_id"])
     ok = item_status(df)
+    lost = check_maps(out, df[df["method"].isin(methods)])
     done = {}
     for m in methods:
         d = np.zeros(n, bool)
         if m in ok.index.get_level_values(0):
             per = ok.loc[m]
             d[per.index.to_numpy(np.int64)[per.to_numpy(bool)]] = True
+        d[list(lost.lost.get(m, {}))] = False
         done[m] = d
-    return _Previous(ids, done, lambda p: _item_at(out, p))
+    return _Previous(ids, done, lambda p: _item_at(out, p), lost)
 
 
 def _item_at(out: Path, position: int) -> str:
@@ -227,24 +249,21 @@ def _item_at(out: Path, position: int) -> str:
     return str(df.loc[df["position"] == position, "item_id"].iloc[0])
 
 
-def verify_shards(store: Store, prev: _Previous, methods: list[str]) -> int:
-    """Re-read the shards the run will rewrite (those holding done and not-done positions); a shard
-    that fails to read is deleted and its positions redone. Returns the number of damaged shards."""
-    bad_total = 0
-    for m in methods:
-        d = prev.done.get(m)
-        if d is None or not d.any():
-            continue
-        size = store.shard_size(m)
-        n_shards = (len(d) + size - 1) // size
-        padded = np.zeros(n_shards * size, bool)
-        padded[: len(d)] = d
-        per = padded.reshape(n_shards, size)
-        mixed = np.flatnonzero(per.any(axis=1) & ~per.all(axis=1))
-        for shard in store.verify(m, mixed.tolist()):
-            d[shard * size : (shard + 1) * size] = False
-            bad_total += 1
-    return bad_total
+def check_source(plan: Plan, prev: _Previous) -> None:
+    """Refuse, before anything is written, a source whose items at the positions the store holds
+    are not the same (one pass over the source's listing up to ``prev.n``)."""
+    if prev.n:
+        for pos, entry in enumerate(plan.source.entries()):
+            if pos >= prev.n:
+                break
+            _same_item(prev, pos, entry)
+
+
+def _same_item(prev: _Previous, pos: int, entry: Entry) -> None:
+    if pos < prev.n and prev.ids[pos] and prev.ids[pos] != _id_hash([entry.id])[0]:
+        raise SalientError(
+            f"source: the item at position {pos} is now {entry.id!r}, but the store holds "
+            f"{prev.id_of(pos)!r} there (the source changed since the first run); use --restart")
 
 
 def _fail(e: BaseException):
@@ -261,14 +280,15 @@ def run_plan(plan: Plan, restart: bool = False, progress: bool | None = None,
     names = [m.name for m in plan.methods]
     summary = JobSummary(plan.out)
     st = spec.store
+    prev = read_previous(plan.out, names) if attrs else _Previous(np.zeros(0, np.uint64), {}, str)
+    check_source(plan, prev)
+    summary.lost = {m: prev.lost.counts(m) for m in names if prev.lost.lost.get(m)}
+    if summary.lost and echo:
+        echo(f"salient run: maps missing or damaged ({prev.lost.summary()}); their items are redone")
     with Store(plan.out, plan.model.name, spec.model_dump(mode="json", exclude={"base_dir"}),
                flush_rows=st.flush_rows, shard_items=st.shard_items, checkpoint_seconds=st.checkpoint_seconds,
                compressor=st.compressor, attrs={"spec_hash": spec.spec_hash(), "job": spec.results_dict(),
                                                  "complete": False}) as store:
-        prev = read_previous(plan.out, names) if attrs else _Previous(np.zeros(0, np.uint64), {}, str)
-        damaged = verify_shards(store, prev, names) if attrs else 0
-        if damaged and echo:
-            echo(f"salient run: {damaged} damaged shard(s) found; their items are redone")
         for m in plan.methods:
             store.describe(m.name, method=m.name, parameters=m.params, target=m.target_spec, seed=spec.seed,
                            signed=m.signed, label=plan.model.label(m.target) if isinstance(m.target, int) else "")
@@ -301,10 +321,7 @@ def _drive(plan: Plan, engine: Engine, store: Store, prev: _Previous, bar: Progr
     def todo() -> Iterator[tuple[int, Entry, list[MethodPlan]]]:
         for pos, entry in enumerate(plan.source.entries()):
             summary.items = pos + 1
-            if pos < prev.n and prev.ids[pos] and prev.ids[pos] != _id_hash([entry.id])[0]:
-                raise SalientError(
-                    f"source: the item at position {pos} is now {entry.id!r}, but the store holds "
-                    f"{prev.id_of(pos)!r} there (the source changed since the first run); use --restart")
+            _same_item(prev, pos, entry)  # checked before the run too (check_source): changed since
             left = [m for m in plan.methods if not prev.is_done(m.name, pos)]
             for m in plan.methods:
                 if m not in left:

@@ -16,6 +16,11 @@ Kinds (the key of the spec's ``source`` mapping):
   ``label`` (carried as ``true_label``), ``mask`` (a binary mask image whose size must equal the
   image's) and ``box`` (x0, y0, x1, y1 in image pixels, as "x0,y0,x1,y1" or a list).
 
+A source never yields the job's own output: a walk skips the output folder (``out``, set by
+:func:`make_source`), or, where the walk starts at it or inside it (``**`` with ``out: .``), the
+folders salient writes there (:data:`OUTPUT_DIRS`). Without that, a glob spanning
+the output would make its store files items, and every rerun would find a changed source.
+
 Extension point (video, huge images): subclass :class:`Source`, give it a pydantic ``Spec`` with
 its kind as a required key, implement ``entries`` and ``load`` (a video source returns an Item with
 ``x`` of shape (C, T, H, W): the store writes its (T, H, W) maps along ("item", "t", "y", "x"), or
@@ -41,9 +46,11 @@ from ..errors import ItemError, SalientError
 from ..images import IMAGE_SUFFIXES, load_image
 from ..item import Item
 from ..models import Model
+from ..store.schema import ZARR_NAME
 
 SOURCE_KINDS: dict[str, type[Source]] = {}
 ARRAY_SUFFIXES = (".npy",)
+OUTPUT_DIRS = (ZARR_NAME, "results", "overlays")  # what salient writes into an output folder
 
 
 @dataclass(frozen=True)
@@ -60,9 +67,18 @@ class Source:
 
     kind: ClassVar[str] = ""
     Spec: ClassVar[type[BaseModel]]
+    out: Path | None = None  # the job's output folder: never read as items (see skipped)
 
     def entries(self) -> Iterator[Entry]:
         raise NotImplementedError
+
+    def skipped(self, root: Path) -> list[Path]:
+        """The folders a walk from ``root`` must not enter: the output folder, or, when ``root`` is in
+        it (or is it), the folders salient writes there."""
+        if self.out is None:
+            return []
+        out, start = Path(os.path.realpath(self.out)), Path(os.path.realpath(root))
+        return [out / n for n in OUTPUT_DIRS] if out == start or out in start.parents else [out]
 
     def count(self) -> int | None:
         """The number of entries if it can be had without reading items (may take a walk), else None."""
@@ -91,13 +107,16 @@ def register_source(kind: str) -> Callable[[type[Source]], type[Source]]:
     return deco
 
 
-def make_source(spec: dict[str, Any], base_dir: str | Path = ".") -> Source:
-    """A Source from a validated ``source`` mapping; paths relative to ``base_dir``."""
+def make_source(spec: dict[str, Any], base_dir: str | Path = ".", out: str | Path | None = None) -> Source:
+    """A Source from a validated ``source`` mapping; paths relative to ``base_dir``; ``out``: the
+    job's output folder, which the source never reads."""
     kind = next((k for k in SOURCE_KINDS if k in spec), None)
     if kind is None:
         raise SalientError(f"source: expected one of the keys {', '.join(SOURCE_KINDS)}")
     cls = SOURCE_KINDS[kind]
-    return cls(cls.Spec.model_validate(spec), Path(base_dir))  # type: ignore[call-arg]
+    source = cls(cls.Spec.model_validate(spec), Path(base_dir))  # type: ignore[call-arg]
+    source.out = None if out is None else Path(out)
+    return source
 
 
 # -- reading items
@@ -199,11 +218,19 @@ def split_glob(pattern: str) -> tuple[Path, str | None]:
     return Path(pattern), None
 
 
-def walk_sorted(root: Path, regex: re.Pattern, max_depth: int | None, suffixes: tuple[str, ...] | None = None
-                ) -> Iterator[str]:
+def walk_sorted(root: Path, regex: re.Pattern, max_depth: int | None, suffixes: tuple[str, ...] | None = None,
+                skip: Iterable[Path] = ()) -> Iterator[str]:
     """Relative paths of files under ``root`` matching ``regex``: depth first, sorted by name in each
-    directory, one directory listed at a time. Directory symlinks are followed once (no loops)."""
+    directory, one directory listed at a time. Directory symlinks are followed once (no loops). The
+    directories ``skip`` (those that exist when the walk starts) are not entered, whatever the path
+    they are reached by."""
     seen: set[tuple[int, int]] = set()
+    for d in skip:
+        try:
+            st = d.stat()
+        except OSError:
+            continue
+        seen.add((st.st_dev, st.st_ino))
 
     def listdir(d: Path) -> list[os.DirEntry]:
         try:
@@ -269,7 +296,7 @@ class ImageFolder(Source):
         if self.single is not None:
             yield Entry(self.single.name, str(self.single))
             return
-        for rel in walk_sorted(self.root, self.regex, self.max_depth, self.suffixes):
+        for rel in walk_sorted(self.root, self.regex, self.max_depth, self.suffixes, self.skipped(self.root)):
             yield Entry(rel, str(self.root / rel))
 
     def count(self) -> int | None:

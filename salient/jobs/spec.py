@@ -28,7 +28,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..errors import SalientError
+from ..errors import SalientError, short_repr
+from ..kernels import check_fill
 from ..methods import get_method
 from ..methods.metric import METRICS
 from ..models.loader import OPTION_KEYS
@@ -37,6 +38,7 @@ from .sources import SOURCE_KINDS
 
 # Fields whose change changes the results: a store refuses to mix runs that differ in them.
 RESULT_FIELDS = ("model", "source", "targets", "methods", "metrics", "seed")
+MAX_ERRORS = 10  # a message lists at most this many errors (and says how many more)
 FAST_PATHS = ("fuse", "incremental")  # executor switches that change the last bits of the maps
 
 
@@ -98,6 +100,13 @@ class MetricsSpec(_Strict):
             raise ValueError("a metric is listed twice")
         return kinds
 
+    @field_validator("substrate")
+    @classmethod
+    def _substrate(cls, v: str | float | None) -> str | float | None:
+        if v is not None:
+            check_fill(v, "substrate")  # before any work (a FillError is a ValueError); the value is kept as given
+        return v
+
 
 class ExecutorSpec(_Strict):
     kind: Literal["local", "ray"] = "local"
@@ -153,7 +162,7 @@ class JobSpec(_Strict):
     @classmethod
     def _source(cls, v: Any) -> Any:
         if not isinstance(v, dict):
-            raise ValueError(f"expected a mapping with one of the keys {', '.join(SOURCE_KINDS)}, got {v!r}")
+            raise ValueError(f"expected a mapping with one of the keys {', '.join(SOURCE_KINDS)}, got {short_repr(v)}")
         kinds = [k for k in SOURCE_KINDS if k in v]
         if len(kinds) != 1:
             raise ValueError(f"expected exactly one of the keys {', '.join(SOURCE_KINDS)}, got {sorted(v)}")
@@ -195,9 +204,9 @@ class JobSpec(_Strict):
 
 
 def format_errors(err: ValidationError, prefix: str = "") -> str:
-    """One line: ``field.path: what was expected`` for each error, joined by ``; ``."""
+    """One line: ``field.path: what was expected`` for each error (the first ``MAX_ERRORS``), joined by ``; ``."""
     parts = []
-    for e in err.errors():
+    for e in err.errors()[:MAX_ERRORS]:
         loc = ".".join(str(x) for x in e["loc"])
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
@@ -207,12 +216,13 @@ def format_errors(err: ValidationError, prefix: str = "") -> str:
         elif msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
         elif e["type"].startswith(("int_", "float_", "string_", "literal_", "bool_", "list_", "dict_", "model_")):
-            msg = f"{msg} (got {e['input']!r})"
+            msg = f"{msg} (got {short_repr(e['input'])})"
         where = ".".join(p for p in (prefix, loc) if p)
         if where and msg.startswith(where + "."):  # a nested spec already named the full path
             where = ""
         parts.append(f"{where}: {msg}" if where else msg)
-    return "; ".join(parts)
+    more = err.error_count() - len(parts)
+    return "; ".join(parts) + (f"; ... and {more} more" if more > 0 else "")
 
 
 def parse_spec(data: Any, base_dir: str | Path = ".", name: str = "job spec") -> JobSpec:

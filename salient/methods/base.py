@@ -9,13 +9,14 @@ with ``yield from`` (BOREx runs its prior this way).
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..errors import SalientError
+from ..errors import SalientError, short_repr
 from .drive import first_queries
 
 MethodGen = Generator[list, list, np.ndarray]
@@ -46,6 +47,9 @@ class Method:
     # The sign of its maps means support (+) vs opposition (−) of the class, so they are shown on the
     # diverging red/blue scale around 0 (Saliency.diverging); register sets it (default: ``signed``).
     diverging: bool = False
+    # What the model decides about the parameters (``check(params, model)``, SalientError if bad), run by
+    # check_model before any work: e.g. the CAMs' layer, which must exist in the model.
+    check: Callable[[dict[str, Any], Any], None] | None = field(default=None, hash=False, compare=False)
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -67,6 +71,8 @@ class Method:
                     f"unknown parameter {key!r} for method {self.name}; valid: {', '.join(sorted(defaults)) or 'none'}"
                 )
             out[key] = coerce(key, value, defaults[key], self.name)
+            if isinstance(defaults[key], (int, float, tuple)):  # a fill (a name or a number) is check_fill's
+                check_finite(key, out[key], self.name, value)
         for prefix in self.nested:
             out.update(self.check_nested(prefix, out[prefix], given.get(prefix, {})))
         return out
@@ -98,23 +104,42 @@ class Method:
         except Exception:  # noqa: BLE001 - see the docstring
             pass
 
+    def check_model(self, params: dict[str, Any], model: Any) -> None:
+        """Check ``params`` (checked ones) against ``model`` before any work, once rather than per item:
+        their values on the model's input size (check_values: RISE cells larger than the input, DiDA grids)
+        and the method's own ``check`` (a CAM layer that the model does not have), then those of the
+        methods its nested parameters name (a BOREx prior's layer)."""
+        self.check_values(params, tuple(model.input_size), model.channels)
+        if self.check is not None:
+            try:
+                self.check(params, model)
+            except SalientError as e:
+                raise SalientError(f"{self.name}: {e}") from None
+        for prefix in self.nested:
+            if isinstance(params.get(prefix), str):
+                inner = {k[len(prefix) + 1 :]: v for k, v in params.items() if k.startswith(f"{prefix}.")}
+                try:
+                    get_method(params[prefix]).check_model(inner, model)
+                except SalientError as e:
+                    raise SalientError(f"{self.name} {prefix}.*: {e}") from None
+
 
 METHODS: dict[str, Method] = {}
 
 
 def register(name: str, signed: bool, nested: dict[str, dict[str, dict[str, Any]]] | None = None,
-             diverging: bool | None = None) -> Callable:
+             diverging: bool | None = None, check: Callable[[dict[str, Any], Any], None] | None = None) -> Callable:
     """Register a method generator; ``nested`` declares parameters that name other methods (Method.nested).
 
     ``signed``: its maps may be negative. ``diverging`` (default: ``signed``): their sign means support
     vs opposition of the class (DiDA, occlusion); False for a signed map whose sign carries no such
-    meaning (BOREx, GP), which is then shown on the relative scale of unsigned maps."""
+    meaning (BOREx, GP), which is then shown on the relative scale of unsigned maps. ``check``: see Method.check."""
     if diverging and not signed:
         raise ValueError(f"method {name}: a diverging map is signed")
 
     def deco(fn: Callable[..., MethodGen]) -> Callable[..., MethodGen]:
         METHODS[name] = Method(name, fn, signed, (fn.__doc__ or "").strip().split("\n")[0], dict(nested or {}),
-                               signed if diverging is None else diverging)
+                               signed if diverging is None else diverging, check)
         return fn
 
     return deco
@@ -134,8 +159,12 @@ def _parse_seq(value: Any) -> list:
 
 
 def coerce(key: str, value: Any, default: Any, method: str) -> Any:
-    """Coerce ``value`` to the type of ``default`` (bool, int, float, str, tuples of numbers)."""
+    """Coerce ``value`` to the type of ``default`` (bool, int, float, str, tuples of numbers). A boolean
+    is not a number (``n_masks=True`` is an error, not one mask); true/false strings are booleans for
+    bool parameters."""
     try:
+        if isinstance(value, bool) and not isinstance(default, bool) and isinstance(default, (int, float, tuple)):
+            raise TypeError("a boolean is not a number")
         if default is None or isinstance(value, type(default)) and not isinstance(default, tuple):
             if isinstance(value, str) and default is None:
                 return _auto(value)
@@ -158,14 +187,28 @@ def coerce(key: str, value: Any, default: Any, method: str) -> Any:
             return float(value)
         if isinstance(default, tuple):
             kind = type(default[0]) if default else float
-            return tuple(kind(float(v)) if kind is int else kind(v) for v in _parse_seq(value))
+            items = _parse_seq(value)
+            if any(isinstance(v, bool) for v in items):
+                raise TypeError("a boolean is not a number")
+            return tuple(kind(float(v)) if kind is int else kind(v) for v in items)
         if isinstance(default, str):
             return _auto(value) if isinstance(value, str) else value
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(float("inf"))
         pass
     raise SalientError(
-        f"parameter {key!r} of method {method} expects {type(default).__name__} like {default!r}, got {value!r}"
+        f"parameter {key!r} of method {method} expects {type(default).__name__} like {default!r}, "
+        f"got {short_repr(value)}"
     )
+
+
+def check_finite(key: str, value: Any, method: str, given: Any = None) -> Any:
+    """``value`` (a coerced number or tuple of numbers, from ``given``), refused if it is or holds a NaN or
+    an infinity: no parameter has a use for them (a non-finite baseline makes non-finite inputs, a
+    non-finite weight a non-finite map), so they fail before any work."""
+    if any(isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, tuple) else (value,))):
+        shown = short_repr(value if given is None else given)
+        raise SalientError(f"parameter {key!r} of method {method} must be finite, got {shown}")
+    return value
 
 
 def _auto(s: str) -> Any:

@@ -25,7 +25,7 @@ from ..errors import ItemError
 from ..queries import ItemContext, WhiteBoxQuery
 from ..saliency import Maps
 from .base import Request, register
-from .cam_layers import capture, model_input, resolve_layer
+from .cam_layers import capture, check_layer, model_input, resolve_layer
 
 EPS_PLUSPLUS = 1e-6
 EPS_MINMAX = 1e-7
@@ -123,7 +123,7 @@ def _gradient_cam(req: Request, layer: str, kind: str):
     return Maps(maps, {"layer": label})
 
 
-@register("gradcam", signed=False)
+@register("gradcam", signed=False, check=check_layer)
 def gradcam(req: Request, layer: str = ""):
     """Grad-CAM: ReLU(Σ_k mean_ij(∂y_c/∂A^k_ij) · A^k), min-max normalised, resized (as pytorch-grad-cam).
 
@@ -132,7 +132,7 @@ def gradcam(req: Request, layer: str = ""):
     return (yield from _gradient_cam(req, layer, "gradcam"))
 
 
-@register("gradcampp", signed=False)
+@register("gradcampp", signed=False, check=check_layer)
 def gradcampp(req: Request, layer: str = ""):
     """Grad-CAM++: w_k = Σ_ij ReLU(g^k_ij)·α^k_ij with α = g² / (2g² + Σ_ab A^k_ab·g³ + 1e-6) (as pytorch-grad-cam).
 

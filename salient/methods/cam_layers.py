@@ -6,12 +6,14 @@ call (0-based, negative from the end) of a module that runs more than once per f
 A bare path means the first call, as in pytorch-grad-cam. The empty spec picks the last module
 output, in execution order, that has spatial dimensions: a tensor (N, C, H, W) or (N, C, T, H, W)
 with H·W > 1. Resolution runs one hooked forward pass per (module, input shape), cached.
-Errors are :class:`~salient.errors.ItemError` (raised on the worker, reported per item).
+Errors are :class:`~salient.errors.ItemError` (raised on the worker, reported per item); a spec that
+cannot resolve on the model at all is refused before any work by :func:`check_layer`.
 """
 
 from __future__ import annotations
 
 import difflib
+import itertools
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..errors import ItemError
+from ..errors import ItemError, SalientError
 
 _TRACES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -149,6 +151,26 @@ def resolve_layer(module: nn.Module, spec: str, x: torch.Tensor) -> Layer:
             f"layers with spatial output: {candidates(firings)}"
         )
     return _layer(module, name, f.call, firings)
+
+
+def check_layer(params: dict, model) -> None:
+    """A method's model check (``register(check=...)``): ``params["layer"]`` resolves on ``model`` (a
+    salient Model) for an input of its size, else a SalientError, before any item. Costs one forward
+    pass (of zeros), traced once per module and input shape. A model that fails on that input is left to
+    report it per item."""
+    module = model.module
+    if isinstance(module, torch.jit.ScriptModule):
+        raise SalientError("CAM methods need a Python nn.Module: TorchScript models do not run layer hooks")
+    anchor = next(itertools.chain(module.parameters(), module.buffers()), None)
+    x = model_input(torch.zeros(model.input_shape, device=anchor.device if anchor is not None else "cpu"))
+    try:
+        trace(module, x)
+    except ItemError:
+        return
+    try:
+        resolve_layer(module, str(params.get("layer", "")), x)
+    except ItemError as e:
+        raise SalientError(str(e)) from None
 
 
 def _layer(module: nn.Module, name: str, call: int, firings: list[Firing]) -> Layer:

@@ -26,7 +26,7 @@ from ..queries import ItemContext, Query, WhiteBoxQuery
 from ..saliency import Maps
 from .base import Request, register
 from .cam import cam_maps
-from .cam_layers import capture, model_input, resolve_layer
+from .cam_layers import capture, check_layer, model_input, resolve_layer
 
 EPS_MASK = 1e-8
 
@@ -83,7 +83,7 @@ def distinct_channels(acts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return acts[first[order]], rank[inverse.reshape(-1)]
 
 
-@register("scorecam", signed=False)
+@register("scorecam", signed=False, check=check_layer)
 def scorecam(req: Request, layer: str = "", chunk: int = 64):
     """Score-CAM: ReLU(Σ_k softmax_k(y_c(I ⊙ H^k)) · A^k), min-max normalised, resized (as pytorch-grad-cam).
 
@@ -95,4 +95,4 @@ def scorecam(req: Request, layer: str = "", chunk: int = 64):
     parts = [distinct[s : s + chunk] for s in range(0, len(distinct), chunk)]
     scores = yield [ScoreCamQuery(req.item, req.targets, acts=p) for p in parts]
     weights = torch.from_numpy(np.concatenate(scores)[inverse]).T.softmax(dim=-1)  # (T, K)
-    return Maps(cam_maps(weights, torch.from_numpy(acts), shape), {"layer": label})
+    return Maps(cam_maps(weights, torch.from_numpy(np.array(acts)), shape), {"layer": label})  # Ray: read-only

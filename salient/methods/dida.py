@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..errors import SalientError
@@ -37,11 +39,13 @@ def dida(req: Request, grids: tuple = DIDA_GRIDS, weights: tuple = DIDA_WEIGHTS,
     weights = tuple(float(w) for w in weights)
     if not grids or len(grids) != len(weights):
         raise SalientError(f"dida: {len(grids)} grid sizes but {len(weights)} weights")
+    if not all(math.isfinite(w) and w >= 0 for w in weights) or not any(w > 0 for w in weights):
+        raise SalientError(f"dida: weights must be finite and >= 0, at least one > 0, got {weights}")
     if min(grids) < 1 or max(grids) > min(req.size):
         raise SalientError(f"dida: grid sizes must lie in [1, {min(req.size)}], got {grids}")
     if chunk < 1:
         raise SalientError("dida: chunk must be >= 1")
-    fill = check_fill(fill)
+    fill = check_fill(fill, "dida: fill")
     cells = np.concatenate([grid_cells(req.size, g) for g in grids])
     results = yield [BoxQuery(req.item, req.targets, boxes=tuple(map(tuple, cells[i : i + chunk].tolist())),
                               mode="delete", fill=fill) for i in range(0, len(cells), chunk)]

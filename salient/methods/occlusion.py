@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..errors import SalientError
@@ -33,6 +35,8 @@ def occlusion(req: Request, window: tuple = (32, 32), stride: tuple = (16, 16), 
         raise SalientError(f"occlusion: window {window} larger than the input {req.size}")
     if chunk < 1:
         raise SalientError("occlusion: chunk must be >= 1")
+    if not math.isfinite(baseline):
+        raise SalientError(f"occlusion: baseline must be a finite number, got {baseline!r}")
     boxes = sliding_windows(req.size, window, stride)
     parts = [boxes[i : i + chunk] for i in range(0, len(boxes), chunk)]
     results = yield [BoxQuery(req.item, req.targets, boxes=tuple(map(tuple, b.tolist())), mode="delete",

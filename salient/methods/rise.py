@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -12,6 +14,8 @@ from ..queries import RiseQuery
 from .base import Request, register
 
 QUERY_MASKS = 16
+ROUND_BYTES = 256 * 2**20  # the partial sums an item holds at once (one round of queries)
+MAX_MASKS = 10**8  # 100 million forward passes per image: beyond, a typo rather than a plan
 
 
 @register("rise", signed=False)
@@ -28,25 +32,42 @@ def rise(
     chunk and returns their partial sums (one map per target), summed here in mask order. 16 is a
     multiple of every power-of-two batch size up to 16 (the engine packs small queries into fuller
     batches) and small enough that an image's last queries keep every worker busy to the end.
+    Memory: the queries are asked for in rounds whose partial sums take at most ``ROUND_BYTES``
+    (4 bytes per target and pixel per query; 4000 masks at 224 x 224 for up to 5 targets are one
+    round), so an item holds a bounded number of them whatever ``n_masks``; summed in mask order
+    across rounds, the map does not depend on the rounds. ``n_masks`` is at most ``MAX_MASKS``.
     """
     if n_masks < 1 or cells < 1 or chunk < 1:
         raise SalientError("rise: n_masks, cells and chunk must be >= 1")
+    if n_masks > MAX_MASKS:
+        raise SalientError(f"rise: n_masks must be at most {MAX_MASKS:,} (forward passes per image), "
+                           f"got {n_masks:,}")
+    if cells > min(req.size):
+        raise SalientError(f"rise: cells must be at most the input's shorter side {min(req.size)} "
+                           f"(a cell of at least one pixel), got {cells}")
     if not 0.0 < p < 1.0 if debiased else not 0.0 < p <= 1.0:
         raise SalientError(f"rise: p must lie in (0, 1{')' if debiased else ']'}, got {p}")
-    fill = check_fill(fill)
-    queries = []
-    for i in range(math.ceil(n_masks / chunk)):
-        n = min(chunk, n_masks - i * chunk)
-        queries += [RiseQuery(req.item, req.targets, seed=req.seed, draw=i, n=n, cells=cells, p=p, fill=fill,
-                              start=s, stop=min(s + QUERY_MASKS, n)) for s in range(0, n, QUERY_MASKS)]
-    partial = yield queries
+    fill = check_fill(fill, "rise: fill")
+    queries = _queries(req, n_masks, cells, p, chunk, fill)
+    per_round = max(1, ROUND_BYTES // (4 * len(req.targets) * math.prod(req.size)))
     weighted = np.zeros((len(req.targets), *req.size), dtype=np.float64)
     score_sum = np.zeros(len(req.targets), dtype=np.float64)
-    for w, s in partial:  # in mask order: the sum does not depend on who computed what
-        weighted += w
-        score_sum += s
+    while batch := list(itertools.islice(queries, per_round)):
+        partial = yield batch
+        for w, s in partial:  # in mask order: the sum does not depend on who computed what
+            weighted += w
+            score_sum += s
     if debiased:
         out = (weighted - p * score_sum[:, None, None]) / (n_masks * p * (1.0 - p))
     else:
         out = weighted / (n_masks * p)
     return out.astype(np.float32)
+
+
+def _queries(req: Request, n_masks: int, cells: int, p: float, chunk: int, fill) -> Iterator[RiseQuery]:
+    """The queries of all ``n_masks`` masks in mask order (made as they are asked for)."""
+    for i in range(math.ceil(n_masks / chunk)):
+        n = min(chunk, n_masks - i * chunk)
+        for s in range(0, n, QUERY_MASKS):
+            yield RiseQuery(req.item, req.targets, seed=req.seed, draw=i, n=n, cells=cells, p=p, fill=fill,
+                            start=s, stop=min(s + QUERY_MASKS, n))

@@ -17,6 +17,8 @@ Nothing is ever downloaded.
 from __future__ import annotations
 
 import importlib
+import inspect
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -24,7 +26,7 @@ from urllib.parse import parse_qsl
 import torch
 from torch import nn
 
-from ..errors import SalientError
+from ..errors import SalientError, short_repr
 from .efficientnet import efficientnet_lite0
 from .labels import default_labels
 from .model import Model
@@ -55,12 +57,12 @@ def _size(value: Any) -> tuple[int, int]:
     try:
         nums = [int(p) for p in parts]
     except ValueError:
-        raise SalientError(f"input_size must be N or HxW, got {value!r}") from None
+        raise SalientError(f"input_size must be N or HxW, got {short_repr(value)}") from None
     if len(nums) == 1:
         return (nums[0], nums[0])
     if len(nums) == 2:
         return (nums[0], nums[1])
-    raise SalientError(f"input_size must be N or HxW, got {value!r}")
+    raise SalientError(f"input_size must be N or HxW, got {short_repr(value)}")
 
 
 def _floats(value: Any, key: str) -> tuple[float, ...]:
@@ -69,7 +71,7 @@ def _floats(value: Any, key: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in str(value).split(","))
     except ValueError:
-        raise SalientError(f"{key} must be comma-separated numbers, got {value!r}") from None
+        raise SalientError(f"{key} must be comma-separated numbers, got {short_repr(value)}") from None
 
 
 def _torchvision(arch: str, weights: str | None, seed: int) -> nn.Module:
@@ -89,13 +91,13 @@ def _torchvision(arch: str, weights: str | None, seed: int) -> nn.Module:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any unpickling failure is the user's file
-            raise SalientError(f"cannot load weights {path}: {str(e).splitlines()[0]}") from None
+            raise SalientError(f"cannot load weights {path}: {first_line(e)}") from None
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
         try:
             net.load_state_dict(state, strict=True)
         except RuntimeError as e:
-            raise SalientError(f"weights {path} do not fit {arch}: {str(e).splitlines()[0]}") from None
+            raise SalientError(f"weights {path} do not fit {arch}: {first_line(e)}") from None
     return net
 
 
@@ -111,32 +113,96 @@ def _frames(value: Any) -> int:
     except (TypeError, ValueError):
         n = -1
     if n < 0:
-        raise SalientError(f"frames must be a non-negative integer (0: an image model), got {value!r}")
+        raise SalientError(f"frames must be a non-negative integer (0: an image model), got {short_repr(value)}")
     return n
 
 
+def _seed(value: Any) -> int:
+    """The ``seed`` option: an integer in [0, 2**63) (the range torch's generators take), as int or digits."""
+    s = -1
+    if isinstance(value, str) and value.strip().isdigit():
+        s = int(value.strip())
+    elif isinstance(value, int) and not isinstance(value, bool):
+        s = value
+    if not 0 <= s < 2**63:
+        raise SalientError(f"seed must be an integer in [0, 2**63), got {short_repr(value, 60)}")
+    return s
+
+
+def _required(fn: Any) -> list[str]:
+    """The parameters ``fn`` cannot be called without ([] where its signature is unknown)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return []
+    return [n for n, q in sig.parameters.items() if q.default is inspect.Parameter.empty
+            and q.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
+
+
 def _callable(target: str) -> nn.Module:
+    """``package.module:callable``: a module instance, or a factory called with no arguments. Python's
+    standard library holds no model factory (``os:system`` is refused, never called); a factory that
+    needs arguments is refused before the call, one that raises gives a one-line error."""
     mod_name, _, attr = target.partition(":")
     try:
         mod = importlib.import_module(mod_name)
     except ImportError as e:
-        raise SalientError(f"cannot import {mod_name!r} for model spec {target!r}: {e}") from None
+        raise SalientError(f"cannot import {mod_name!r} for model spec {short_repr(target)}: {e}") from None
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's module failed as it was imported
+        raise SalientError(f"importing {mod_name!r} for model spec {short_repr(target)} raised "
+                           f"{type(e).__name__}: {first_line(e)}") from None
     fn = getattr(mod, attr, None)
     if fn is None:
         raise SalientError(f"module {mod_name!r} has no attribute {attr!r}")
-    net = fn() if callable(fn) and not isinstance(fn, nn.Module) else fn
+    net = fn
+    if callable(fn) and not isinstance(fn, nn.Module):
+        if mod_name.split(".")[0] in (*sys.stdlib_module_names, "builtins", "__main__"):
+            raise SalientError(f"model spec {short_repr(target)}: {mod_name}.{attr} is part of Python itself, not a "
+                               "model factory; name an nn.Module or a function of yours that returns one")
+        needs = _required(fn)
+        if needs:
+            raise SalientError(f"model factory {short_repr(target)} needs arguments ({', '.join(needs)}); it is called "
+                               "with none: name a function that builds the model without arguments")
+        try:
+            net = fn()
+        except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's code failed, not ours
+            raise SalientError(f"model factory {short_repr(target)} raised {type(e).__name__}: "
+                               f"{first_line(e)}") from None
     if not isinstance(net, nn.Module):
-        raise SalientError(f"{target!r} returned {type(net).__name__}, not a torch.nn.Module")
+        raise SalientError(f"{short_repr(target)} returned {type(net).__name__}, not a torch.nn.Module")
     return net
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type where it has none), at most 200 characters."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
 def _check_output(model: Model) -> int:
+    """One forward pass on zeros: the output must be (1, classes). Records the largest activation of one
+    input (``model.activation_bytes``, what the executors' memory check scales by the batch size)."""
     x = torch.zeros(1, *model.input_shape)
+    largest = [0]
+
+    def hook(_m: nn.Module, _i: Any, out: Any) -> None:
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        largest[0] = max(largest[0], sum(t.numel() * t.element_size() for t in outs if isinstance(t, torch.Tensor)))
+
+    handles = []
+    try:
+        for m in model.module.modules():
+            handles.append(m.register_forward_hook(hook))
+    except Exception:  # noqa: BLE001 - TorchScript modules take no Python hooks: their output is the estimate
+        pass
     try:
         with torch.inference_mode():
             out = model.module(x)
     except Exception as e:  # noqa: BLE001
-        raise SalientError(f"model {model.name} failed on a {tuple(x.shape)} input: {str(e).splitlines()[0]}") from None
+        raise SalientError(f"model {model.name} failed on a {tuple(x.shape)} input: {first_line(e)}") from None
+    finally:
+        for h in handles:
+            h.remove()
+    model.activation_bytes = max(largest[0], out.numel() * out.element_size() if isinstance(out, torch.Tensor) else 0)
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 1 or out.shape[1] < 1:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise SalientError(f"model {model.name} outputs {shape}, expected (N, classes)")
@@ -156,7 +222,7 @@ def load_model(spec: str | nn.Module | Model = "efficientnet-lite0", **options: 
     unknown = sorted(set(opts) - set(OPTION_KEYS))
     if unknown:
         raise SalientError(f"unknown model option(s) {', '.join(unknown)}; valid: {', '.join(OPTION_KEYS)}")
-    seed = int(opts.get("seed", 0))
+    seed = _seed(opts.get("seed", 0))
     mean, std, size = HALF, HALF, (224, 224)
     if isinstance(spec, nn.Module):
         net = spec
@@ -176,12 +242,12 @@ def load_model(spec: str | nn.Module | Model = "efficientnet-lite0", **options: 
         try:
             net = torch.jit.load(str(path), map_location="cpu")
         except Exception as e:  # noqa: BLE001
-            raise SalientError(f"{path} is not a TorchScript model: {str(e).splitlines()[0]}") from None
+            raise SalientError(f"{path} is not a TorchScript model: {first_line(e)}") from None
     elif name.count(":") == 1 and all(name.split(":")):
         net = _callable(name)
     else:
         raise SalientError(
-            f"unknown model spec {name!r}; use efficientnet-lite0, torchvision:<arch>?weights=FILE, "
+            f"unknown model spec {short_repr(name)}; use efficientnet-lite0, torchvision:<arch>?weights=FILE, "
             "a TorchScript file, or package.module:callable"
         )
     if "mean" in opts:

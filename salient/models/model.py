@@ -35,6 +35,7 @@ class Model:
     spec: str = ""
     options: dict = field(default_factory=dict)
     frames: int = 0  # > 0: a video net whose input is (C, frames, H, W)
+    activation_bytes: int = 0  # the largest activation of one input (measured by load_model; 0: unknown)
 
     def __post_init__(self) -> None:
         if self.score_kind not in SCORE_KINDS:

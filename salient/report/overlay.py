@@ -34,7 +34,14 @@ def resize_map(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def to_uint8(x: np.ndarray) -> np.ndarray:
     """Floats in [0, 1] -> uint8 (rounded, clipped)."""
-    return np.clip(np.rint(np.asarray(x, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
+    return _to_uint8_in_place(np.asarray(x, dtype=np.float32) * 255.0)
+
+
+def _to_uint8_in_place(y: np.ndarray) -> np.ndarray:
+    """float32 values already scaled to [0, 255] -> uint8, rounding and clipping ``y`` in place."""
+    np.rint(y, out=y)
+    np.clip(y, 0, 255, out=y)
+    return y.astype(np.uint8)
 
 
 def overlay(image: Image | np.ndarray | str | os.PathLike, saliency: Saliency | np.ndarray, alpha: float = 0.5,
@@ -55,8 +62,11 @@ def overlay(image: Image | np.ndarray | str | os.PathLike, saliency: Saliency | 
         m, diverging = np.asarray(saliency, dtype=np.float32), bool(diverging)
     if diverging and scale is None:
         scale = signed_scale(m)
-    colour = colorize(resize_map(m, img.size), diverging, scale, cmap)
-    return to_uint8((1.0 - alpha) * img.pixels + alpha * colour)
+    out = colorize(resize_map(m, img.size), diverging, scale, cmap)  # a new float32 array, blended in place
+    out *= alpha
+    out += (1.0 - alpha) * img.pixels  # the same sum as (1 - alpha) · photo + alpha · colour, one temporary
+    out *= 255.0
+    return _to_uint8_in_place(out)
 
 
 def save_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:

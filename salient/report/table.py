@@ -1,6 +1,12 @@
 """``salient show OUT``: a store summarised as lines of text (its model and state, then per
 method items ok and in error, maps, the mean of every metric column, forward passes per item, and
 the first error rows). It only reads the store.
+
+Nothing is taken on trust: damaged metadata is a one-line error naming the file (``salient repair
+OUT``, :func:`~salient.store.check_metadata`), and every ``ok`` row's map is checked
+(:func:`~salient.store.check_maps`: each shard file read once, its checksums verified; see its
+cost there). An item whose map is missing or damaged is not counted ``ok``: the columns
+``missing`` and ``damaged`` count them, and the store is not called complete.
 """
 
 from __future__ import annotations
@@ -15,25 +21,34 @@ def show_table(out: str | Path) -> list[str]:
     """Lines describing a store: its model and state, then per method items ok/error and mean AUCs."""
     import zarr
 
-    from ..store import ZARR_NAME, item_status, read_results
+    from ..store import ZARR_NAME, check_maps, check_metadata, item_status, read_results
 
     out = Path(out)
     if not (out / ZARR_NAME / "zarr.json").is_file() and not any((out / "results").glob("part-*.parquet")):
         raise SalientError(f"{out}: not a salient store (no {ZARR_NAME} or results/)")
+    check_metadata(out)
     attrs = dict(zarr.open_group(out / ZARR_NAME, mode="r").attrs) if (out / ZARR_NAME).is_dir() else {}
     df = read_results(out)
+    check = check_maps(out, df)
     state = {True: "complete", False: "incomplete (rerun the same command to resume)"}.get(attrs.get("complete"), "")
+    if check.n_lost:
+        state = f"{check.n_lost} maps missing or damaged (rerun the same command to redo their items)"
     head = f"{out}: model {attrs.get('model', '?')}, {df['position'].nunique() if len(df) else 0} items"
     lines = [head + (f", {state}" if state else "")]
     metrics = metric_columns()
-    cols = ("method", "items", "ok", "error", "maps", *metrics, "forward/item")
+    lost_cols = ("missing", "damaged") if check.n_lost else ()
+    cols = ("method", "items", "ok", "error", *lost_cols, "maps", *metrics, "forward/item")
     rows = []
     status = item_status(df)
     for m, g in df.groupby("method", sort=True):
+        lost = check.lost.get(str(m), {})
         per_item = status.loc[m]
+        fine = per_item & ~per_item.index.isin(list(lost))
         ok = g[g["status"] == "ok"]
         nf = g.drop_duplicates("position")["n_forward"]
-        rows.append((str(m), len(per_item), int(per_item.sum()), int((~per_item).sum()), len(ok),
+        counts = check.counts(str(m))
+        rows.append((str(m), len(per_item), int(fine.sum()), int((~per_item).sum()),
+                     *(counts[c] for c in lost_cols), int((~ok["position"].isin(list(lost))).sum()),
                      *(_mean(ok[c]) for c in metrics), f"{nf.mean():.0f}" if len(nf) else "-"))
     if not rows:
         return [*lines, "  (no results yet)"]

@@ -2,7 +2,9 @@
 
 Contract (DESIGN.md), as written here:
 - Root attrs: ``salient_version``, ``model``, ``spec`` (the job spec), ``started``; a job also sets
-  ``spec_hash``, ``batch_size`` and ``complete``.
+  ``spec_hash``, ``batch_size`` and ``complete``; ``salient explain`` sets ``methods`` (per method the
+  settings its maps are made with). Outputs never mix: opening a store refuses another job's spec,
+  another model, or a method it holds with other settings (:mod:`.claims`).
 - ``maps/<method>``: float32, one row per item, ``index`` = the item's position in the source.
   Shape (N, H, W) with ``dimension_names`` ("item", "y", "x"), or (N, T, H, W) with
   ("item", "t", "y", "x") for video; when a method explains the top K > 1 classes of every item
@@ -32,7 +34,11 @@ One concept a module, readers below the writer:
 - :mod:`.files`: atomic file writes and the lock.
 - :mod:`.shards`: the compressors and whole-shard encoding.
 - :mod:`.pipeline`: the three-stage background writer.
+- :mod:`.claims`: what a store holds, and the refusal of what does not belong with it.
 - :mod:`.write`: :class:`Store` and :func:`compact_results`.
+- :mod:`.check`: is the metadata readable (:func:`check_metadata`), is every ``ok`` row's map there
+  and intact (:func:`check_maps`, one read per shard file); :mod:`.repair`: :func:`repair`
+  mends damaged metadata from the copy every results part carries, keeping every intact map.
 
 Names load on first use, so ``from salient.store import read_results`` imports the schema and the
 readers only, not the writer (its pipeline, shard codec and lock).
@@ -42,6 +48,7 @@ from importlib import import_module
 
 _WHERE = {
     "Store": "write", "compact_results": "write",
+    "check_maps": "check", "check_metadata": "check", "damaged_metadata": "check", "repair": "repair",
     "read_results": "read", "read_map": "read", "item_status": "read",
     "item_key": "schema", "result_columns": "schema", "EXTRA_COLUMNS": "schema", "result_schema": "schema",
     "SHARD_ITEMS": "schema", "COMPRESSORS": "schema", "ZARR_NAME": "schema",

@@ -28,12 +28,30 @@ def _parts(out: str | os.PathLike) -> list[Path]:
     return sorted((Path(out) / "results").glob("part-*.parquet"))
 
 
+def damaged(path: Path, reason: str, out: str | os.PathLike | None = None) -> SalientError:
+    """The one-line error for a damaged or lost file of the store in ``out`` (the folder above
+    ``results/`` or ``saliency.zarr/`` by default), with what to do."""
+    if out is None:
+        out = next((q.parent for q in path.parents if q.name in ("results", ZARR_NAME)), path.parent)
+    reason = " ".join(str(reason).split())[:160]
+    return SalientError(f"{path}: {reason}; run `salient repair {out}` (it keeps every intact map; the next "
+                        "`salient run` redoes only what was lost)")
+
+
+def _read_part(p: Path, columns: list[str] | None) -> pa.Table:
+    try:
+        names = set(pq.read_schema(p).names)  # a part older than a metric lacks its column: null there
+        return pq.read_table(p, columns=None if columns is None else [c for c in columns if c in names])
+    except (pa.ArrowException, OSError) as e:
+        raise damaged(p, f"damaged results part ({type(e).__name__}: {e})") from None
+
+
 def _read_parts(parts: list[Path], columns: list[str] | None) -> pa.Table:
-    """Concatenate parts with a ``_part`` rank column (parts sort by run, then sequence)."""
+    """Concatenate parts with a ``_part`` rank column (parts sort by run, then sequence). A part
+    that cannot be read raises a one-line SalientError naming it (:func:`damaged`)."""
     tables = []
     for rank, p in enumerate(parts):
-        names = set(pq.read_schema(p).names)  # a part older than a metric lacks its column: null there
-        t = pq.read_table(p, columns=None if columns is None else [c for c in columns if c in names])
+        t = _read_part(p, columns)
         tables.append(t.append_column("_part", pa.array(np.full(t.num_rows, rank, dtype=np.int64))))
     return pa.concat_tables(tables, promote_options="default")
 

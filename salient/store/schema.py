@@ -9,11 +9,18 @@ the node name of an item, the default shard size and the compressor names.
   with that column null.
 - ``OUT/`` :data:`ZARR_NAME` holds the maps; ``items/<key>/<method>`` is named by
   :func:`item_key` of the item id.
+- Every part's Parquet key-value metadata holds, under :data:`METADATA_KEY`, the store's metadata
+  when it was written (:func:`metadata_backup`): ``{"root": root attrs, "arrays": {path:
+  zarr.json}}`` for the ``maps/<method>`` arrays; :func:`read_backup` reads it back.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pyarrow as pa
@@ -55,3 +62,27 @@ def item_key(item_id: str) -> str:
     if len(key) > 180:
         key = key[:160] + "-" + hashlib.sha1(item_id.encode()).hexdigest()[:16]
     return key
+
+
+METADATA_KEY = b"salient.metadata"
+
+
+def metadata_backup(root_attrs: dict[str, Any], arrays: Iterable[Any]) -> dict[bytes, bytes]:
+    """The Parquet key-value metadata of a part: the root attrs and each array's ``zarr.json``."""
+    from zarr.core.buffer import default_buffer_prototype
+
+    proto = default_buffer_prototype()
+    meta = {a.path: json.loads(a.metadata.to_buffer_dict(proto)["zarr.json"].to_bytes()) for a in arrays}
+    return {METADATA_KEY: json.dumps({"root": root_attrs, "arrays": meta}).encode()}
+
+
+def read_backup(part: Path) -> dict[str, Any] | None:
+    """The metadata backup of a part (None for a part without one or that cannot be read)."""
+    import pyarrow.parquet as pq
+
+    try:
+        kv = pq.read_schema(part).metadata or {}
+        got = json.loads(kv[METADATA_KEY])
+    except Exception:  # noqa: BLE001 - no usable backup in this part
+        return None
+    return got if isinstance(got, dict) and isinstance(got.get("root"), dict) else None

@@ -10,11 +10,15 @@ Safety rules (one writer, nothing torn, nothing lost):
   once when all its items are resolved, at a checkpoint, or at close. A rewrite is whole, so a
   retried item simply rewrites its shard. zarr's LocalStore writes every file to a temporary name
   and renames it, so a SIGKILL leaves the old shard or the new one, never half of one; inner
-  chunks carry a CRC32C checksum, so a damaged shard fails loudly when read (a job's resume reads
-  the shards it will rewrite, see :meth:`Store.verify`).
+  chunks carry a CRC32C checksum, so a damaged shard is found when read (a job's resume checks
+  every map it would skip, :func:`salient.store.check.check_maps`, and a shard's buffer is loaded
+  with every intact map of it, :meth:`_ShardCodec.read`).
 - A map's table row is written only after its shard is on disk (and fsynced when ``durable``):
   an ``ok`` row always has its map. Shard files and Parquet parts are written atomically
   (:mod:`salient.store.files`), so a crash never leaves a torn part.
+- Every part carries a copy of the store's metadata as it was when the part was written (the root
+  attrs and each ``maps/<method>`` array's ``zarr.json``, :func:`~salient.store.schema.metadata_backup`),
+  from which :func:`salient.store.repair.repair` rebuilds a damaged or lost ``zarr.json``.
 Writes run off the caller's thread on the three-stage pipeline of :mod:`salient.store.pipeline`,
 so a table part is written only after every shard submitted before it; a whole shard is encoded
 at once by :class:`~salient.store.shards._ShardCodec`. An array grows (its ``zarr.json``, synced
@@ -27,34 +31,30 @@ or two), plus ``flush_rows`` table rows, plus at most a few shards queued for wr
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import uuid
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import zarr
 
 from ..errors import SalientError
 from ..methods.metric import metric_columns
 from ..saliency import Saliency
 from . import files  # _atomic_steps and _fsync are called through the module (tests patch them there)
+from .check import check_metadata
+from .claims import _json_safe, check_claims
 from .files import _Lock, _write_table_atomic
 from .pipeline import _Writer
-from .read import _latest_mask, _parts, _read_parts, read_results
-from .schema import SHARD_ITEMS, ZARR_NAME, item_key, result_schema
-from .shards import _compressors, _ShardCodec
-
-
-def _json_safe(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+from .read import _latest_mask, _parts, _read_part, _read_parts, read_results
+from .schema import SHARD_ITEMS, ZARR_NAME, item_key, metadata_backup, result_schema
+from .shards import _compressors, _ShardCodec, shard_file
 
 
 @dataclass
@@ -114,11 +114,18 @@ class Store:
     caller's thread); ``flush()`` and ``close()`` return once everything added before them is on
     disk, and raise if a write failed (so does the next call after a failure). Read the arrays
     (:meth:`stack`) after ``flush()``.
+
+    Opening an existing store refuses what does not belong with it (another job's spec hash, another
+    model id, a method held with other settings; :mod:`salient.store.claims`) before writing
+    anything. ``methods`` maps each method the session writes to its settings (``parameters``,
+    ``target``, ``seed``, ...): they are recorded in the root attrs and become the attrs of the
+    arrays it creates (as :meth:`describe`).
     """
 
     def __init__(self, out: str | os.PathLike, model_id: str = "", spec: dict | None = None, flush_rows: int = 256,
                  *, shard_items: int = SHARD_ITEMS, checkpoint_seconds: float = 60.0, compressor: str = "lz4",
-                 durable: bool = True, attrs: dict[str, Any] | None = None, threads: int = 2):
+                 durable: bool = True, attrs: dict[str, Any] | None = None, threads: int = 2,
+                 methods: dict[str, dict[str, Any]] | None = None):
         if shard_items < 1 or flush_rows < 1:
             raise SalientError("store: shard_items and flush_rows must be >= 1")
         self.out = Path(out)
@@ -126,26 +133,32 @@ class Store:
         (self.out / "results").mkdir(exist_ok=True)
         self._lock = _Lock(self.out / ".lock")
         try:
-            self._open(model_id, spec, flush_rows, shard_items, checkpoint_seconds, compressor, durable, attrs or {})
+            self._open(model_id, spec, flush_rows, shard_items, checkpoint_seconds, compressor, durable, attrs or {},
+                       methods or {})
             self._writer = _Writer(threads)
         except BaseException:
             self._lock.release()
             raise
 
     def _open(self, model_id: str, spec: dict | None, flush_rows: int, shard_items: int,
-              checkpoint_seconds: float, compressor: str, durable: bool, extra: dict[str, Any]) -> None:
+              checkpoint_seconds: float, compressor: str, durable: bool, extra: dict[str, Any],
+              methods: dict[str, dict[str, Any]]) -> None:
         from .. import __version__
 
         self.flush_rows, self.shard_items, self.durable = flush_rows, shard_items, durable
         self.checkpoint_seconds = checkpoint_seconds
         self.compressors = _compressors(compressor)
+        check_metadata(self.out)  # a damaged store: one line naming the file (salient repair), nothing written
         self._clean_leftovers()
         self.root = zarr.open_group(self.out / ZARR_NAME, mode="a", zarr_format=3, use_consolidated=False)
         attrs = dict(self.root.attrs)
+        check_claims(self.out, attrs, model_id, extra.get("spec_hash"), methods)  # before anything is written
         if "salient_version" not in attrs:
             attrs = {"salient_version": __version__, "model": model_id, "spec": spec or {},
                      "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         attrs.update(extra)
+        if methods:  # what the store holds, method by method (see .claims)
+            attrs["methods"] = {**attrs.get("methods", {}), **methods}
         attrs["runs"] = int(attrs.get("runs", 0)) + 1
         self.root.attrs.update(_json_safe(attrs))  # one atomic write of the root's zarr.json
         self.run = attrs["runs"]
@@ -156,7 +169,7 @@ class Store:
             for name, arr in maps.arrays():
                 self._stacks[name] = self._open_stack(arr)
         self._resolved: dict[str, dict[int, set[int]]] = {}
-        self._method_attrs: dict[str, dict[str, Any]] = {}
+        self._method_attrs: dict[str, dict[str, Any]] = {name: _json_safe(a) for name, a in methods.items()}
         self._rows: list[dict[str, Any]] = []
         self._unsynced: set[Path] = set()  # written by this thread, synced before the next part
         self._meta_unsynced: set[Path] = set()  # written by the writer (its last stage only), likewise
@@ -261,9 +274,22 @@ class Store:
             s0 = shard * stack.shard
             if stack.length > s0:  # keep what an earlier run or session wrote into this shard
                 self._drain()  # a write of it may be on its way
-                data[: min(stack.length, s0 + stack.shard) - s0] = stack.arr[s0 : s0 + stack.shard]
+                self._load(stack, shard, data[: min(stack.length, s0 + stack.shard) - s0])
             buf = stack.buffers[shard] = _Buffer(data)
         return buf
+
+    def _load(self, stack: _Stack, shard: int, rows: np.ndarray) -> None:
+        """Read the maps of shard ``shard`` on disk into ``rows``, every intact one: a missing or
+        damaged map stays NaN (a job's resume found it and redoes its item)."""
+        if stack.codec is not None:
+            path = shard_file(self.out / ZARR_NAME, stack.arr, shard)
+            stack.codec.read(path.read_bytes() if path.is_file() else None, len(rows), out=rows)
+            return
+        s0 = shard * stack.shard
+        try:
+            rows[:] = stack.arr[s0 : s0 + len(rows)]
+        except Exception:  # noqa: BLE001 - zarr's read of a damaged shard: all of it is redone
+            pass
 
     def _array_dir(self, arr: zarr.Array) -> Path:
         return self.out / ZARR_NAME / arr.path
@@ -275,9 +301,8 @@ class Store:
         s0 = shard * stack.shard
         hi = min(s0 + stack.shard, max(self._hi, stack.length))
         stack.length = max(stack.length, hi)
-        key = stack.arr.metadata.encode_chunk_key((shard,) + (0,) * (stack.arr.ndim - 1))
         data = buf.data.copy() if live else buf.data
-        self._writer.submit(self._shard_job(stack, s0, hi, data, self._array_dir(stack.arr) / key))
+        self._writer.submit(self._shard_job(stack, s0, hi, data, shard_file(self.out / ZARR_NAME, stack.arr, shard)))
         buf.dirty = False
         self._rows.extend(buf.rows)
         buf.rows = []
@@ -396,30 +421,6 @@ class Store:
         self._writer.check()
         self._resolve(method, int(position))
 
-    # -- checks for a resume
-    def verify(self, method: str, shards: Iterable[int]) -> list[int]:
-        """Read the given shards of ``maps/<method>``; delete and return those that fail (checksum,
-        truncation). Their items must be redone."""
-        stack = self._stacks.get(method)
-        if stack is None:
-            return []
-        self._drain()
-        bad = []
-        for shard in sorted(set(shards)):
-            s0 = shard * stack.shard
-            if s0 >= stack.arr.shape[0]:
-                continue
-            try:
-                stack.arr[s0 : s0 + stack.shard]
-            except Exception:  # noqa: BLE001 - any read failure means the shard is damaged
-                key = stack.arr.metadata.encode_chunk_key((shard,) + (0,) * (stack.arr.ndim - 1))
-                (self.out / ZARR_NAME / stack.arr.path / key).unlink(missing_ok=True)
-                bad.append(shard)
-        return bad
-
-    def shard_size(self, method: str) -> int:
-        return self._shard_size(method)
-
     # -- table
     def _maybe_flush(self) -> None:
         if time.monotonic() - self._last_checkpoint >= self.checkpoint_seconds:
@@ -438,6 +439,7 @@ class Store:
         synced, durable, meta = sorted(self._unsynced), self.durable, self._meta_unsynced
         self._unsynced = set()
         lengths = [(s.arr, s.length) for s in self._stacks.values()]
+        root_attrs = dict(self.root.attrs)
 
         def commit() -> None:
             for arr, n in lengths:  # rows of this part may sit past the arrays' ends
@@ -450,7 +452,8 @@ class Store:
                 files._fsync(q, directory=q.is_dir())
             for d in dict.fromkeys(q.parent for q in synced):
                 files._fsync(d, directory=True)
-            _write_table_atomic(table, path, durable)
+            backup = metadata_backup(root_attrs, [arr for arr, _ in lengths])  # what repair rebuilds from
+            _write_table_atomic(table.replace_schema_metadata(backup), path, durable)
 
         def steps() -> Iterator[None]:
             yield
@@ -498,9 +501,7 @@ class Store:
                     stack.length = self._hi
             if self._parts_at_open and self._wrote_rows:
                 compact_results(self.out, self.durable)
-            with warnings.catch_warnings():  # "consolidated metadata is not in the v3 spec (yet)"
-                warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-                zarr.consolidate_metadata(self.out / ZARR_NAME)
+            consolidate(self.out / ZARR_NAME)
         finally:
             self.closed = True
             self._writer.close()
@@ -511,6 +512,13 @@ class Store:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def consolidate(zdir: Path) -> None:
+    """Consolidate the metadata of the Zarr store ``zdir`` into its root ``zarr.json``."""
+    with warnings.catch_warnings():  # "consolidated metadata is not in the v3 spec (yet)"
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        zarr.consolidate_metadata(zdir)
 
 
 def compact_results(out: str | os.PathLike, durable: bool = True) -> int:
@@ -526,7 +534,7 @@ def compact_results(out: str | os.PathLike, durable: bool = True) -> int:
     dropped = 0
     for rank in np.unique(ranks[~keep]):
         path = parts[rank]
-        table = pq.read_table(path)
+        table = _read_part(path, None)
         mask = keep[ranks == rank]
         dropped += int((~mask).sum())
         if mask.any():
