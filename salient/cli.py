@@ -361,6 +361,10 @@ def write_explanations(eng: Engine, plan: ExplainPlan, args: argparse.Namespace,
     with Store(plan.out, plan.model_id, spec, methods=plan.claims) as store:
         prev = read_results(plan.out, columns=["item_id", "position"])
         known = dict(zip(prev["item_id"], prev["position"].astype(int), strict=True))  # replaced at their rows
+        nxt = int(prev["position"].max()) + 1 if len(prev) else 0
+        for path in plan.paths:  # new images take the next rows in the order given, not in completion order
+            if path not in known:
+                known[path], nxt = nxt, nxt + 1
         for path, res in eng.explain_many(entries(), m, args.target, args.seed, metrics=plan.metrics,
                                           on_progress=progress.on_forward, **plan.params):
             image = images.pop(path, None)
@@ -371,7 +375,7 @@ def write_explanations(eng: Engine, plan: ExplainPlan, args: argparse.Namespace,
                 progress.write(f"salient: error: {about(path, res)}", err=True)
                 continue
             item_id = res[0].item_id if res else path
-            store.add(item_id, path, res, position=known.get(item_id))
+            store.add(item_id, path, res, position=known.get(item_id, known.get(path)))
             write_pngs(plan.out / "overlays", stems[path], image or load_image(path), res)
             for s in res:
                 progress.write(map_line(path, s, bool(plan.metrics)))
