@@ -141,6 +141,20 @@ def add_explain(sub: argparse._SubParsersAction) -> None:
                    help="number of workers (default: one per core; local: at most 2 per core, more: use ray)")
     p.add_argument("--gpus-per-worker", type=_nonneg_float, help="GPUs per worker (Ray)")
     p.add_argument("--batch-size", type=_positive_int, help="forward batch size (default: autotuned)")
+    p.add_argument("--whole", action="store_true",
+                   help="explain each image at its native size (models that accept any input size: fully "
+                        "convolutional with global pooling); maps go to OUT/saliency.zarr/items/<key>/<method>")
+    p.add_argument("--level", type=_nonneg_int, help="the pyramid level of a slide to read (0: full resolution)")
+    p.add_argument("--tiles", action="store_true",
+                   help="tile mode for huge images (tiled TIFF, OME-TIFF, Zarr, .svs/.ndpi/.mrxs): explain tiles of "
+                        "the model's input size and blend them into OUT/saliency.zarr/items/<key>/<method> (OME-Zarr)")
+    p.add_argument("--tile", type=_positive_int, help="tile side in pixels (default: the model's input size)")
+    p.add_argument("--tile-overlap", type=float, default=0.0, metavar="O", help="tile overlap in [0, 1) (default 0)")
+    p.add_argument("--skip-background", action="store_true",
+                   help="tile mode: skip near-uniform or mostly white/black tiles (marked in the tile-score map)")
+    p.add_argument("--memory-limit", metavar="SIZE",
+                   help="per-worker memory for the batches of inputs at another size than the model's, e.g. 8GB "
+                        "(default 8GiB): whole mode lowers such a batch to fit it")
     p.set_defaults(func=cmd_explain)
 
 
@@ -185,16 +199,18 @@ def check_out(out: Path) -> None:
     check_out_dir(out, "--out")
 
 
-def preflight(eng: Engine, paths: Sequence[str], method: Method, params: dict, target: Any, seed: int) -> None:
+def preflight(eng: Engine, paths: Sequence[str], method: Method, params: dict, target: Any, seed: int,
+              whole: bool = False, level: int | None = None) -> None:
     """Decode every image and run its first round (:func:`~salient.methods.drive.first_round`: the unmasked
-    scores checked, the targets resolved, the method started); raise the first problem."""
+    scores checked, the targets resolved, the method started); raise the first problem. ``whole``, ``level``:
+    items at native size (:meth:`Engine.item`)."""
     checked = method.check_params(params)
     problems: list[str] = []
 
     def tasks() -> Iterator[Task]:
         for i, path in enumerate(paths):
             try:
-                item = eng.item(path, index=i)
+                item = eng.item(path, index=i, whole=whole, level=level)
             except SalientError as e:
                 problems.append(str(e))
                 continue
@@ -229,7 +245,7 @@ def png_stems(paths: Sequence[str]) -> dict[str, str]:
 def map_line(source: str, s: Saliency, metrics: bool) -> str:
     parts = [source, s.method, f"{s.label} ({s.target})", f"score={s.base_score:.4g}"]
     if metrics:
-        parts += [f"{k}={s.metrics.get(k, float('nan')):.4f}" for k in metric_columns()]
+        parts += [f"{k}={s.metrics[k]:.4f}" for k in metric_columns() if k in s.metrics]
     parts += [f"n_forward={s.n_forward}", f"{s.seconds:.2f}s"]
     return "  ".join(parts)
 
@@ -320,16 +336,19 @@ def plan_explain(args: argparse.Namespace) -> ExplainPlan:
     paths = check_paths(args.images)
     out = Path(args.out)
     check_out(out)
+    if getattr(args, "level", None) is not None and not args.whole and not getattr(args, "tiles", False):
+        raise SalientError("--level reads a pyramid level of a slide: it needs --whole or --tiles")
     model = load_model(args.model)
-    method.check_model(checked, model)
+    method.check_model(checked, model, sized=not args.whole)  # whole mode: each image's own size, when it runs
     target = parse_target(args.target, model)
     label = model.label(target) if isinstance(target, int) else ""
     claims = {method.name: {"method": method.name, "parameters": checked, "target": args.target, "seed": args.seed,
                             "signed": method.signed, "label": label}}
     check_store(out, args.restart, model_id(model), claims)
-    opts = {k: getattr(args, k) for k in ("address", "workers", "gpus_per_worker", "batch_size")
-            if getattr(args, k) is not None}
-    return ExplainPlan(method, params, paths, out, model, target, tuple(METRICS) if args.metrics else (), opts,
+    opts = {k: getattr(args, k) for k in ("address", "workers", "gpus_per_worker", "batch_size", "memory_limit")
+            if getattr(args, k, None) is not None}
+    metrics = tuple(k for k, m in METRICS.items() if "mask" not in m.options)  # explain has no object masks
+    return ExplainPlan(method, params, paths, out, model, target, metrics if args.metrics else (), opts,
                        model_id(model), claims)
 
 
@@ -339,6 +358,7 @@ def write_explanations(eng: Engine, plan: ExplainPlan, args: argparse.Namespace,
     (0, or 2 / 1 when an item failed mid-run on its data / unexpectedly)."""
     from .store import Store, read_results  # zarr is imported only when something is written
     from .store.claims import discard
+    from .store.whole import add_whole
 
     m = plan.method.name
     spec = {"command": "explain", "model": args.model}  # per method: the root's "methods"; items: the table
@@ -348,7 +368,7 @@ def write_explanations(eng: Engine, plan: ExplainPlan, args: argparse.Namespace,
     def entries():
         for i, path in enumerate(plan.paths):
             try:
-                item = eng.item(path, index=i)
+                item = eng.item(path, index=i, whole=args.whole, level=args.level)
             except Exception:  # noqa: BLE001 - explain_many reports it for this item
                 yield path, path
                 continue
@@ -366,7 +386,8 @@ def write_explanations(eng: Engine, plan: ExplainPlan, args: argparse.Namespace,
             if path not in known:
                 known[path], nxt = nxt, nxt + 1
         for path, res in eng.explain_many(entries(), m, args.target, args.seed, metrics=plan.metrics,
-                                          on_progress=progress.on_forward, **plan.params):
+                                          on_progress=progress.on_forward, whole=args.whole, level=args.level,
+                                          **plan.params):
             image = images.pop(path, None)
             progress.item_done()
             if isinstance(res, Exception):  # a failure only the run could show (bad data mid-run)
@@ -375,7 +396,10 @@ def write_explanations(eng: Engine, plan: ExplainPlan, args: argparse.Namespace,
                 progress.write(f"salient: error: {about(path, res)}", err=True)
                 continue
             item_id = res[0].item_id if res else path
-            store.add(item_id, path, res, position=known.get(item_id, known.get(path)))
+            if args.whole:  # items/<key>/<method>: an OME-Zarr multiscale group per map (salient.store.whole)
+                add_whole(store, item_id, path, res, position=known.get(item_id, known.get(path)))
+            else:
+                store.add(item_id, path, res, position=known.get(item_id, known.get(path)))
             write_pngs(plan.out / "overlays", stems[path], image or load_image(path), res)
             for s in res:
                 progress.write(map_line(path, s, bool(plan.metrics)))
@@ -383,9 +407,15 @@ def write_explanations(eng: Engine, plan: ExplainPlan, args: argparse.Namespace,
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    if args.tiles:
+        from .jobs.slide_job import explain_tiles_command
+
+        if args.whole:
+            raise SalientError("--tiles and --whole exclude each other: choose one mode")
+        return explain_tiles_command(plan_explain(args), args)
     plan = plan_explain(args)
     with Engine(plan.model, executor=args.executor, **plan.executor_opts) as eng:
-        preflight(eng, plan.paths, plan.method, plan.params, plan.target, args.seed)
+        preflight(eng, plan.paths, plan.method, plan.params, plan.target, args.seed, args.whole, args.level)
         before = eng.summary()
         progress = _Progress(len(plan.paths))
         try:

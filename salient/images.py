@@ -72,21 +72,22 @@ def _from_pil(im: PILImage.Image) -> np.ndarray:
     return arr
 
 
-def reduce_factor(width: int, height: int) -> int:
-    """The smallest integer f with ceil(width / f) x ceil(height / f) <= MAX_PIXELS."""
-    f = max(1, int((width * height / MAX_PIXELS) ** 0.5))
-    while -(-width // f) * -(-height // f) > MAX_PIXELS:
+def reduce_factor(width: int, height: int, max_pixels: int | None = None) -> int:
+    """The smallest integer f with ceil(width / f) x ceil(height / f) <= ``max_pixels`` (default ``MAX_PIXELS``)."""
+    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels
+    f = max(1, int((width * height / max_pixels) ** 0.5))
+    while -(-width // f) * -(-height // f) > max_pixels:
         f += 1
     return f
 
 
-def _decode(im: PILImage.Image) -> PILImage.Image:
-    """Decode an opened file, reduced to at most MAX_PIXELS (JPEG: at reduced scale while decoding)."""
-    f = reduce_factor(*im.size)
+def _decode(im: PILImage.Image, max_pixels: int | None = None) -> PILImage.Image:
+    """Decode an opened file, reduced to at most ``max_pixels`` (JPEG: at reduced scale while decoding)."""
+    f = reduce_factor(*im.size, max_pixels)
     if f > 1 and im.format == "JPEG":
         im.draft(im.mode, (-(-im.width // f), -(-im.height // f)))
     im.load()
-    f = reduce_factor(*im.size)
+    f = reduce_factor(*im.size, max_pixels)
     if f == 1:
         return im
     if im.mode == "P":
@@ -98,10 +99,10 @@ def _decode(im: PILImage.Image) -> PILImage.Image:
     return im.reduce(f)
 
 
-def _read(path: Path) -> np.ndarray:
+def _read(path: Path, max_pixels: int | None = None) -> np.ndarray:
     """The file's pixels (reduced by ``_decode``); Pillow's copy is released on return, before any float copy."""
     with PILImage.open(path) as im:
-        return _from_pil(_decode(im))
+        return _from_pil(_decode(im, max_pixels))
 
 
 def _to_canonical(arr: np.ndarray, name: str) -> np.ndarray:
@@ -149,11 +150,13 @@ def _png_zero_size(path: Path) -> bool:
         int.from_bytes(head[16:20], "big") == 0 or int.from_bytes(head[20:24], "big") == 0)
 
 
-def load_image(src: str | os.PathLike | np.ndarray | torch.Tensor | Image, name: str | None = None) -> Image:
+def load_image(src: str | os.PathLike | np.ndarray | torch.Tensor | Image, name: str | None = None,
+               max_pixels: int | None = None) -> Image:
     """Load a path (JPEG, PNG, TIFF, WebP, BMP), numpy array or tensor as an :class:`Image`.
 
     Raises :class:`ItemError` with a one-line reason for a missing, unreadable, truncated or
-    zero-sized image, or an input of another type. Files above ``MAX_PIXELS`` are reduced while read.
+    zero-sized image, or an input of another type. Files above ``max_pixels`` (default ``MAX_PIXELS``) are
+    reduced while read (whole mode reads larger ones at native size: :mod:`salient.engine.whole`).
     """
     if isinstance(src, Image):
         return src
@@ -176,7 +179,7 @@ def load_image(src: str | os.PathLike | np.ndarray | torch.Tensor | Image, name:
     if path.stat().st_size == 0:
         raise ItemError(f"{path}: empty file (0 bytes)")
     try:
-        arr = _read(path)
+        arr = _read(path, max_pixels)
     except UnidentifiedImageError:
         if _png_zero_size(path):
             raise ItemError(f"{path}: zero-sized image (its PNG header gives width or height 0)") from None

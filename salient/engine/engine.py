@@ -17,11 +17,13 @@ from ..item import Item
 from ..kernels import check_fill
 from ..methods import get_method
 from ..methods.drive import lockstep
-from ..methods.metric import get_metric
+from ..methods.metric import NOTE_COLUMN, get_metric, metric_note
 from ..models import Model, load_model
 from ..saliency import Saliency
+from .memory import parse_bytes
 from .scheduler import Scheduler, Task
 from .tasks import explain_task, parse_target
+from .whole import read_whole, whole_input
 
 EXECUTORS = ("local", "ray")
 
@@ -83,13 +85,18 @@ def item_id_for(image: Image, index: int) -> str:
 
 def scored_task(item: Item, model: Model, method: str, target, seed: int, params: dict, metrics: Sequence[str],
                 metric_opts: dict):
-    """Generator: explain, then every requested metric (registered names) of every map, in one round."""
+    """Generator: explain, then every requested metric (registered names) of every map, in one round.
+    Metrics also get the option ``mask``: the item's object mask (``item.meta["object_mask"]``, or None);
+    the reasons of undefined values go to ``s.metrics[NOTE_COLUMN]``."""
     results = yield from explain_task(item, model, method, target, seed, params)
     if metrics:
+        opts = {**metric_opts, "mask": item.meta.get("object_mask")}
         pairs = [(s, get_metric(k)) for s in results for k in metrics]
-        values = yield from lockstep([m.run(item.id, item.size, s.map, s.target, metric_opts) for s, m in pairs])
+        values = yield from lockstep([m.run(item.id, item.size, s.map, s.target, opts) for s, m in pairs])
         for (s, m), v in zip(pairs, values, strict=True):
             s.metrics[m.column] = v
+        for s in results:
+            s.metrics[NOTE_COLUMN] = metric_note(s.metrics)
     return results
 
 
@@ -99,14 +106,17 @@ class Engine:
     Executor options: ``workers``, ``batch_size``, ``threads``, ``device``, ``depth`` (units in flight
     per worker), ``unit_batches``, ``fuse`` and ``incremental`` (CPU: masked forwards through a fused
     copy of the model, occlusion recomputing only what a box changes; both default True; see
-    :class:`~salient.engine.worker.Worker`); for Ray also ``address`` (None: start
-    or reuse a local Ray; "auto" or host:port: join a cluster) and ``gpus_per_worker``. See
-    LocalExecutor and RayExecutor.
+    :class:`~salient.engine.worker.Worker`), ``memory_limit`` (per worker, bytes or "8GB": the batch of
+    an input at another size than the model's is lowered to fit it, :mod:`salient.engine.memory`); for Ray
+    also ``address`` (None: start or reuse a local Ray; "auto" or host:port: join a cluster) and
+    ``gpus_per_worker``. See LocalExecutor and RayExecutor.
     """
 
     def __init__(self, model: str | Model | Any = "efficientnet-lite0", executor: str = "local",
                  max_live: int | None = None, **executor_opts: Any):
         self.model = load_model(model)
+        if executor_opts.get("memory_limit") is not None:
+            executor_opts["memory_limit"] = parse_bytes(executor_opts["memory_limit"])
         self.executor = make_executor(executor, self.model, **executor_opts)
         self.max_live = max_live
         self.n_forward = 0
@@ -126,10 +136,19 @@ class Engine:
         self.executor.close()
 
     # -- items and tasks
-    def item(self, image: Any, item_id: str | None = None, index: int = 0) -> Item:
-        """An Item (id, preprocessed input) from anything ``load_image`` accepts; Items pass through."""
+    def item(self, image: Any, item_id: str | None = None, index: int = 0, whole: bool = False,
+             level: int | None = None) -> Item:
+        """An Item (id, preprocessed input) from anything ``load_image`` accepts; Items pass through.
+        ``whole``: at the image's native size (or a slide's pyramid level ``level``), checked before any
+        work (:mod:`salient.engine.whole`)."""
         if isinstance(image, Item):
             return image
+        if level is not None and not whole:
+            raise SalientError("level reads a pyramid level of a slide: it needs whole=True (or tile mode)")
+        if whole:
+            img = read_whole(image, level)
+            return Item(item_id or item_id_for(img, index), whole_input(self.model, self.executor, img), img,
+                        {"whole": True})
         if self.model.frames:
             raise SalientError(f"model {self.model.name} is a video net (clips of {self.model.frames} frames); "
                                "it cannot explain a still image: give it an Item holding a clip (C, T, H, W)")
@@ -157,15 +176,16 @@ class Engine:
 
     def explain_many(self, images: Iterable[Any], method: str = "rise", target: int | str = "top1", seed: int = 0,
                      metrics: Sequence[str] = (), step: int | None = None, substrate: Any = None,
-                     on_progress=None, **params: Any) -> Iterator[tuple[Any, list[Saliency] | Exception]]:
+                     on_progress=None, whole: bool = False, level: int | None = None,
+                     **params: Any) -> Iterator[tuple[Any, list[Saliency] | Exception]]:
         """Explain every image; yields (key, results or exception) in completion order. ``images`` may
         hold (key, image) pairs or images (the key is then the position). Parameters are checked
-        before any work."""
+        before any work. ``whole``, ``level``: see :meth:`item`."""
         m = get_method(method)
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise SalientError(f"seed must be an integer >= 0, got {seed!r}")
         checked = m.check_params(params)
-        m.check_model(checked, self.model)
+        m.check_model(checked, self.model, sized=not whole)  # whole mode: each item's size, when it runs
         tgt = parse_target(target, self.model)
         for k in metrics:
             get_metric(k)  # a one-line error for an unknown name
@@ -177,7 +197,7 @@ class Engine:
             for i, entry in enumerate(images):
                 key, image = entry if isinstance(entry, tuple) else (i, entry)
                 try:
-                    item = self.item(image, index=i)
+                    item = self.item(image, index=i, whole=whole, level=level)
                 except Exception as e:  # noqa: BLE001 - reported per item
                     yield Task(key, None, _raise(e))
                     continue
@@ -190,9 +210,10 @@ class Engine:
             yield task.key, out
 
     def explain(self, image: Any, method: str = "rise", target: int | str = "top1", seed: int = 0,
-                **params: Any) -> Saliency | list[Saliency]:
-        """One image: a Saliency for a single target, a list for topK with K > 1. Errors raise."""
-        ((_, out),) = list(self.explain_many([image], method, target, seed, **params))
+                whole: bool = False, level: int | None = None, **params: Any) -> Saliency | list[Saliency]:
+        """One image: a Saliency for a single target, a list for topK with K > 1. Errors raise.
+        ``whole``: at the image's native size (a slide: its pyramid level ``level``); see :meth:`item`."""
+        ((_, out),) = list(self.explain_many([image], method, target, seed, whole=whole, level=level, **params))
         if isinstance(out, Exception):
             raise out
         return out[0] if len(out) == 1 else out
@@ -213,6 +234,7 @@ def engine_for(model: Model) -> Engine:
 
 
 def explain(model: Model | str, image: Any, method: str = "rise", target: int | str = "top1", seed: int = 0,
-            **params: Any) -> Saliency | list[Saliency]:
-    """Explain one image with the model's default local engine (see :meth:`Engine.explain`)."""
-    return engine_for(load_model(model)).explain(image, method, target, seed, **params)
+            whole: bool = False, level: int | None = None, **params: Any) -> Saliency | list[Saliency]:
+    """Explain one image with the model's default local engine (see :meth:`Engine.explain`); ``whole=True``
+    at its native size (a slide: its pyramid level ``level``)."""
+    return engine_for(load_model(model)).explain(image, method, target, seed, whole=whole, level=level, **params)

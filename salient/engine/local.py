@@ -84,13 +84,16 @@ class LocalExecutor:
 
     def __init__(self, model: Model, device: str | None = None, batch_size: int | str | None = None,
                  workers: int | None = None, threads: int | None = None, depth: int = 2, unit_batches: int = 4,
-                 max_items: int = 256, fuse: bool = True, incremental: bool = True, **_: Any):
+                 max_items: int = 256, fuse: bool = True, incremental: bool = True, memory_limit: int | None = None,
+                 **_: Any):
         dev, self.threads, self.n_workers = local_plan(device, threads, workers)
         self.depth, self.unit_batches = int(depth), int(unit_batches)
         size = resolve_batch_size(model, dev, batch_size)  # once, shared: same shape, same bits
         check_fits(model, dev, size, self.n_workers)
         models = [model] + [replica(model) for _ in range(self.n_workers - 1)]
-        self.workers = [Worker(m, dev, size, max_items, fuse=fuse, incremental=incremental) for m in models]
+        self.memory_limit = memory_limit  # per worker (memory.batch_for)
+        self.workers = [Worker(m, dev, size, max_items, fuse=fuse, incremental=incremental, memory_limit=memory_limit)
+                        for m in models]
         for w in self.workers:
             w.threads = self.threads  # applied in the worker's own thread at each run
         self.batch_size = size

@@ -81,10 +81,10 @@ class RayWorker:
     """The actor: a Worker plus item fetching, stats, and a test hook that kills the process."""
 
     def __init__(self, model: list, device: str | None, batch_size: int, threads: int | None, max_items: int,
-                 fuse: bool = True, incremental: bool = True):
+                 fuse: bool = True, incremental: bool = True, memory_limit: int | None = None):
         # ``model`` is [ref]: a nested reference is fetched here (the driver keeps it alive for restarts)
         self.worker = Worker(ray.get(model[0]), device, batch_size, max_items, threads, fuse=fuse,
-                             incremental=incremental)
+                             incremental=incremental, memory_limit=memory_limit)
         self._crash_at: int | None = None
 
     def ping(self) -> int:
@@ -136,8 +136,9 @@ class RayExecutor:
                  device: str | None = None, depth: int = 2, unit_batches: int | None = None, max_items: int = 256,
                  max_restarts: int = 8, start_timeout: float = 300.0, lost_timeout: float = 600.0,
                  num_cpus: int | None = None, object_store_memory: int | None = None, fuse: bool = True,
-                 incremental: bool = True, **_: Any):
+                 incremental: bool = True, memory_limit: int | None = None, **_: Any):
         self.lost_timeout = lost_timeout
+        self.memory_limit = memory_limit  # per worker (memory.batch_for)
         self._owns_ray = not ray.is_initialized()
         self._local = self._owns_ray and address is None
         if self._owns_ray:
@@ -193,7 +194,8 @@ class RayExecutor:
         if self._local and dev == "cpu":  # the actors share this machine's memory
             check_fits(model, torch.device("cpu"), self.batch_size, n)
         actor = ray.remote(RayWorker).options(**opts, max_restarts=max_restarts, max_task_retries=0)
-        self.actors = [actor.remote([self._model_ref], dev, self.batch_size, self.threads, max_items, fuse, incremental)
+        self.actors = [actor.remote([self._model_ref], dev, self.batch_size, self.threads, max_items, fuse, incremental,
+                                    self.memory_limit)
                        for _ in range(n)]
         try:
             ray.get([a.ping.remote() for a in self.actors], timeout=start_timeout)

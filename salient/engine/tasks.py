@@ -15,7 +15,10 @@ from ..saliency import Saliency
 
 
 def parse_target(spec: int | str, model: Model) -> int | tuple[str, int]:
-    """``top1``/``topK`` -> ("top", K); a class id or label -> its id. Validated before any work."""
+    """``top1``/``topK`` -> ("top", K); a class id or label -> its id. Validated before any work. A model
+    without classes (an autoencoder) has one target, 0, whatever is asked."""
+    if getattr(model, "output", "classes") == "reconstruction":
+        return 0
     if isinstance(spec, str) and spec.strip().lower().startswith("top"):
         k = spec.strip()[3:] or "1"
         if not k.isdigit() or not 1 <= int(k) <= model.n_classes:
@@ -39,11 +42,17 @@ def base_scores(item: Item):
     return scores
 
 
-def explain_task(item: Item, model: Model, method: str, target: int | tuple[str, int], seed: int, params: dict):
-    """Generator: resolve targets from the unmasked scores, run the method, return list[Saliency]."""
+def explain_task(item: Item, model: Model, method: str, target: int | tuple[str, int], seed: int, params: dict,
+                 scores: np.ndarray | None = None):
+    """Generator: resolve targets from the unmasked scores (``scores`` if known, else one score
+    query), run the method, return list[Saliency]."""
     t0 = time.perf_counter()
     m = get_method(method)
-    scores = yield from base_scores(item)
+    if m.output != "classes":  # an autoencoder (recon): no class scores; one map, target 0
+        scores = np.zeros(1, dtype=np.float32)
+        target = 0
+    elif scores is None:
+        scores = yield from base_scores(item)
     targets = resolve_targets(target, scores)
     req = Request(item.id, item.size, targets, scores[list(targets)], seed, int(item.x.shape[0]))
     maps = yield from m.fn(req, **params)
@@ -52,7 +61,8 @@ def explain_task(item: Item, model: Model, method: str, target: int | tuple[str,
     if not np.isfinite(maps).all():
         raise ItemError(f"{method} produced NaN values for item {item.id!r}")
     return [
-        Saliency(map=maps[i], signed=m.signed, diverging=m.diverging, method=method, target=t, label=model.label(t),
+        Saliency(map=maps[i], signed=m.signed, diverging=m.diverging, method=method, target=t,
+                 label=model.label(t) if m.output == "classes" else "anomaly",
                  base_score=float(scores[t]), seed=seed, params={**params, **resolved}, item_id=item.id,
                  seconds=time.perf_counter() - t0)
         for i, t in enumerate(targets)

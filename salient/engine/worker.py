@@ -2,7 +2,9 @@
 
 It is the same class behind every executor: in a thread of LocalExecutor, inside a Ray actor for
 RayExecutor. Queries from many items are packed into device batches of ``batch_size``; every
-forward pass has exactly that batch shape (a short last batch is padded).
+forward pass has exactly that batch shape (a short last batch is padded); inputs at another size than
+the model's (whole mode) run at the batch of the memory rule, a function of their shape and the
+configured limit only (:func:`~salient.engine.memory.batch_for`).
 
 Determinism (CPU): a sample's output depends, in the last bits, on the batch *shape* and on the
 number of intra-op threads of the forward, but not on which other samples share the batch. So every
@@ -14,6 +16,7 @@ executor, the number of workers and the packing of queries.
 from __future__ import annotations
 
 import time
+import warnings
 from collections import OrderedDict
 from typing import Any
 
@@ -27,6 +30,8 @@ from ..models import Model
 from ..queries import ItemContext, Query, QueryFailure, WhiteBoxQuery
 from .fuse import fuse_for_cpu, with_reference_rows
 from .incremental import IncrementalPlan, plan_incremental
+from .memory import batch_for
+from .whole import check_gradients_fit
 
 BATCH_CANDIDATES = (1, 2, 4, 8, 16, 32, 64)
 CPU_BATCH_SIZE = 4  # the CPU default: fixed (so two runs give the same bits); fastest measured on 2 cores
@@ -127,14 +132,18 @@ class Worker:
     def __init__(
         self, model: Model, device: str | torch.device | None = None, batch_size: int | str | None = None,
         max_items: int = 256, threads: int | None = None, fuse: bool = True, incremental: bool = True,
+        memory_limit: int | None = None,
     ):
         self.model = model
+        self.memory_limit = memory_limit  # per worker: lowers the batch of inputs at other sizes (memory.batch_for)
         self.device = pick_device(device)
         self.threads = int(threads) if threads else None
         self._apply_threads()
-        self.module = model.module.to(self.device).eval()
-        if self.device.type in ("cpu", "cuda"):
-            self.module = self.module.to(memory_format=self.model.memory_format)
+        with warnings.catch_warnings():  # moving a TorchScript module reads its parameters' .grad: torch warns
+            warnings.filterwarnings("ignore", message="The .grad attribute of a Tensor that is not a leaf")
+            self.module = model.module.to(self.device).eval()
+            if self.device.type in ("cpu", "cuda"):
+                self.module = self.module.to(memory_format=self.model.memory_format)
         self.batch_size = resolve_batch_size(model, self.device, batch_size)
         self.fused = self._fuse() if fuse and self.device.type == "cpu" else None
         self.plan = self._plan() if incremental and self.fused is not None else None
@@ -147,6 +156,7 @@ class Worker:
         self.n_units = 0
         self.items_received = 0
         self.busy_seconds = 0.0
+        self.shape_batches: dict[str, int] = {}  # input shape "CxHxW" -> the batch its forwards ran at
         self._buffers: dict[tuple[int, ...], torch.Tensor] = {}
 
     def _fuse(self) -> nn.Module | None:
@@ -191,7 +201,8 @@ class Worker:
     def stats(self) -> dict[str, Any]:
         return {"n_forward": self.n_forward, "n_batches": self.n_batches, "n_units": self.n_units,
                 "items_received": self.items_received, "busy_seconds": self.busy_seconds,
-                "batch_size": self.batch_size, "threads": self.threads, "device": str(self.device)}
+                "batch_size": self.batch_size, "threads": self.threads, "device": str(self.device),
+                "shape_batches": dict(self.shape_batches)}
 
     def _buf(self, shape: tuple[int, ...]) -> torch.Tensor:
         buf = self._buffers.get(shape)
@@ -240,7 +251,7 @@ class Worker:
         results: list[Any] = [None] * len(queries)
         failed: dict[str, str] = {}
         states: dict[int, Any] = {}
-        groups: dict[tuple[int, ...], list[int]] = {}  # item input shape -> query indices, in order
+        groups: dict[tuple[int, ...], list[int]] = {}  # input shape (the item's) -> query indices, in order
         for qi, q in enumerate(queries):
             if q.item not in self.items:
                 results[qi] = QueryFailure(q.item, f"worker does not hold item {q.item!r}")
@@ -248,6 +259,8 @@ class Worker:
             ctx = self.context(q.item)
             try:
                 if isinstance(q, WhiteBoxQuery):  # on the module itself (hooks, gradients), on their own
+                    if q.needs_grad:  # a large input's backward must fit the limit (whole mode)
+                        check_gradients_fit(self.model, tuple(ctx.x.shape), self.memory_limit)
                     results[qi], passes = q.run(ctx, self.module)
                     self.n_forward += passes
                     continue
@@ -257,9 +270,11 @@ class Worker:
                 continue
             local = self.plan is not None and tuple(ctx.x.shape[-2:]) == self.plan.input_hw \
                 and (boxes := q.changed_boxes()) is not None and self.plan.pays(boxes)
-            groups.setdefault((tuple(ctx.x.shape), local), []).append(qi)
-        for (shape, local), indices in groups.items():
-            self._run_group(queries, indices, self._buf((self.batch_size, *shape)), states, failed, local)
+            groups.setdefault((q.input_shape(ctx), local), []).append(qi)
+        for (shape, local), indices in groups.items():  # an input at another size than the model's: memory rule
+            b = batch_for(self.model, shape, self.batch_size, self.memory_limit)
+            self.shape_batches["x".join(map(str, shape))] = b
+            self._run_group(queries, indices, self._buf((b, *shape)), states, failed, local)
         for qi, q in enumerate(queries):
             if results[qi] is not None:
                 continue
@@ -277,7 +292,7 @@ class Worker:
                    failed: dict[str, str], local: bool = False) -> None:
         """Pack the inputs of ``queries[indices]`` (one input shape) into full batches and reduce;
         ``local``: every query has ``changed_boxes`` and the batches run through ``forward_local``."""
-        b = self.batch_size
+        b = buf.shape[0]  # the engine's batch size, lowered for a large input (memory.batch_for)
         pending: list[tuple[int, int, int, int, Any]] = []  # (query index, start, stop, offset, aux)
         fill = 0
 

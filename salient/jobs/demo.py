@@ -85,13 +85,15 @@ def demo_files(data: dict[str, Any], photos: tuple[str, ...]) -> dict[str, str]:
             MANIFEST: "".join(f"{line}\n" for line in ("path", *(f"{n}.png" for n in photos)))}
 
 
-def check_demo_out(out: Path, files: dict[str, str], restart: bool) -> None:
+def check_demo_out(out: Path, files: dict[str, str], restart: bool, mark: str = DEMO_MARK,
+                   what: str = "demo") -> None:
     """Refuse, before anything is written, an OUT that is neither new, empty nor an earlier demo's
-    output, and (unless ``restart``) an earlier demo whose files differ from ``files``."""
+    output (its job.yaml starts with ``mark``), and (unless ``restart``) an earlier demo whose files
+    differ from ``files``. ``what``: the command's name in the messages."""
     if not out.exists():
         return
     if not out.is_dir():
-        raise SalientError(f"demo: --out {out} exists and is not a directory")
+        raise SalientError(f"{what}: --out {out} exists and is not a directory")
     if not any(out.iterdir()):
         return
 
@@ -101,12 +103,12 @@ def check_demo_out(out: Path, files: dict[str, str], restart: bool) -> None:
         except (OSError, UnicodeDecodeError):
             return None
 
-    if not (text("job.yaml") or "").startswith(DEMO_MARK):
-        raise SalientError(f"demo: --out {out} is not empty and holds no earlier demo (no job.yaml written by "
-                           "salient demo); choose a new or empty folder")
+    if not (text("job.yaml") or "").startswith(mark):
+        raise SalientError(f"{what}: --out {out} is not empty and holds no earlier {what} (no job.yaml written by "
+                           f"salient {what}); choose a new or empty folder")
     changed = [rel for rel, body in files.items() if text(rel) not in (None, body)]  # a missing one is written
     if changed and not restart:
-        raise SalientError(f"demo: {out} holds an earlier demo with other settings ({', '.join(changed)} "
+        raise SalientError(f"{what}: {out} holds an earlier {what} with other settings ({', '.join(changed)} "
                            "differ); rerun with --restart to discard it, or choose another --out")
 
 
@@ -194,4 +196,7 @@ def run_demo(out: str | Path = "demo", restart: bool = False, photos: tuple[str,
     for line in show_table(out):
         echo(line)
     echo(f"demo: {n} PNGs in {out / 'overlays'}")
+    from ..report.html import build_report
+
+    echo(f"demo: report {build_report(out)}")
     return summary

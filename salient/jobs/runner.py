@@ -85,6 +85,7 @@ class JobSummary:
     done_now: int = 0  # items explained (or failed) in this run
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # method -> {ok, error} over the store
     errors: list[tuple[str, str, str]] = field(default_factory=list)  # first few (item id, method, reason)
+    context: dict[str, int] = field(default_factory=dict)  # the audit's context rows: {ok, error}
     n_forward: int = 0
     seconds: float = 0.0
     complete: bool = False
@@ -99,6 +100,9 @@ class JobSummary:
                f"{self.n_forward} forward passes in {self.seconds:.1f} s ({rate:.1f}/s) -> {self.out}"]
         for m, c in self.counts.items():
             out.append(f"  {m}: {c.get('ok', 0)} ok, {c.get('error', 0)} error")
+        if self.context:
+            out.append(f"  context variants: {self.context.get('ok', 0)} ok, {self.context.get('error', 0)} error "
+                       f"(salient audit {self.out})")
         for m, c in self.lost.items():
             out.append(f"  {m}: " + ", ".join(f"{n} {s}" for s, n in c.items() if n)
                        + " map(s) found before this run, their items redone")
@@ -137,6 +141,9 @@ def plan_job(spec: JobSpec) -> Plan:
         model = load_model(name, **options)
     except SalientError as e:
         raise _field_error("model", e) from None
+    if model.output != "classes" and spec.metrics.kinds:
+        raise SalientError(f"metrics: {spec.metrics.kinds[0]} judges class scores; {model.name} outputs a "
+                           f"{model.output}, not classes")
     methods = []
     for i, m in enumerate(spec.methods):
         tspec = m.targets if m.targets is not None else spec.targets
@@ -300,10 +307,13 @@ def run_plan(plan: Plan, restart: bool = False, progress: bool | None = None,
             bar = Progress(enabled=progress)
             if bar.enabled:  # the total is only for the bar
                 count_in_background(plan.source, bar.set_total)
+            audit = _context_pass(plan, store)
             try:
-                _drive(plan, engine, store, prev, bar, summary)
+                _drive(plan, engine, store, prev, bar, summary, audit)
             finally:
                 bar.close()
+                if audit is not None:
+                    audit.close()
             summary.n_forward = engine.n_forward
         summary.complete = True
         store.set_attrs(complete=True, items=summary.items)
@@ -312,10 +322,24 @@ def run_plan(plan: Plan, restart: bool = False, progress: bool | None = None,
     return summary
 
 
-def _drive(plan: Plan, engine: Engine, store: Store, prev: _Previous, bar: Progress, summary: JobSummary) -> None:
+def _context_pass(plan: Plan, store: Store) -> Any:
+    """The job's context pass (:mod:`salient.audit.context`), None without ``audit.context``."""
+    if plan.spec.audit is None or not plan.spec.audit.context:
+        return None
+    from ..audit.context import ContextPass
+
+    return ContextPass(plan.spec.audit.context, plan.source, plan.model, plan.out, store.run, plan.spec.seed)
+
+
+def _drive(plan: Plan, engine: Engine, store: Store, prev: _Previous, bar: Progress, summary: JobSummary,
+           audit: Any = None) -> None:
+    if getattr(plan.source, "tiled", False):  # slides: each slide's tiles over the engine (tile mode)
+        from .slide_job import drive_slides
+
+        return drive_slides(plan, engine, store, prev, bar, summary, one_line)
     spec, model = plan.spec, plan.model
     metrics = tuple(spec.metrics.kinds)
-    metric_opts = {"step": spec.metrics.step, "substrate": spec.metrics.substrate}
+    metric_opts = {"step": spec.metrics.step, "substrate": spec.metrics.substrate, "tolerance": spec.metrics.tolerance}
     remaining: dict[int, list] = {}  # position -> [tasks left, any error]
 
     def todo() -> Iterator[tuple[int, Entry, list[MethodPlan]]]:
@@ -326,7 +350,7 @@ def _drive(plan: Plan, engine: Engine, store: Store, prev: _Previous, bar: Progr
             for m in plan.methods:
                 if m not in left:
                     store.skip(pos, m.name)
-            if not left:
+            if not left and (audit is None or audit.done(pos)):
                 summary.skipped += 1
                 bar.item_done()
                 continue
@@ -334,7 +358,9 @@ def _drive(plan: Plan, engine: Engine, store: Store, prev: _Previous, bar: Progr
 
     def tasks() -> Iterator[Task]:
         for (pos, entry, left), item in prefetch(todo(), lambda t: plan.source.load(t[1], model), workers=LOADERS):
-            remaining[pos] = [len(left), False]
+            context = [] if audit is None or audit.done(pos) else audit.tasks(pos, entry, item)
+            remaining[pos] = [len(left) + len(context), False]
+            yield from context
             for m in left:
                 key = (pos, entry, m)
                 if isinstance(item, BaseException):
@@ -344,6 +370,10 @@ def _drive(plan: Plan, engine: Engine, store: Store, prev: _Previous, bar: Progr
                                                       metric_opts))
 
     for task, out in engine.run(tasks(), on_progress=bar.on_forward):
+        if audit is not None and not isinstance(task.key, tuple):  # a context variant (salient.audit)
+            audit.on_result(task.key, out)
+            _one_done(task.key.position, remaining, summary, bar)
+            continue
         pos, entry, m = task.key
         meta = entry_meta(entry)
         if isinstance(out, BaseException):
@@ -354,10 +384,14 @@ def _drive(plan: Plan, engine: Engine, store: Store, prev: _Previous, bar: Progr
             for s in out:
                 s.n_forward = task.n_forward
             store.add(entry.id, entry.path, out, position=pos, extra=meta)
-        remaining[pos][0] -= 1
-        if remaining[pos][0] == 0:
-            summary.done_now += 1
-            bar.item_done(error=remaining.pop(pos)[1])
+        _one_done(pos, remaining, summary, bar)
+
+
+def _one_done(pos: int, remaining: dict[int, list], summary: JobSummary, bar: Progress) -> None:
+    remaining[pos][0] -= 1
+    if remaining[pos][0] == 0:
+        summary.done_now += 1
+        bar.item_done(error=remaining.pop(pos)[1])
 
 
 def _count(out: Path, summary: JobSummary, max_errors: int = 5) -> None:
@@ -368,6 +402,11 @@ def _count(out: Path, summary: JobSummary, max_errors: int = 5) -> None:
         summary.counts[str(m)] = {"ok": int(per.sum()), "error": int((~per).sum())}
     errs = df[df["status"] == "error"].head(max_errors)
     summary.errors = list(zip(errs["item_id"], errs["method"], errs["error"], strict=True))
+    if (out / "context").is_dir():
+        from ..audit.record import read_context
+
+        status = read_context(out)["status"]
+        summary.context = {"ok": int((status == "ok").sum()), "error": int((status != "ok").sum())}
 
 
 def run_job(job: str | Path | JobSpec, restart: bool = False, progress: bool | None = None,

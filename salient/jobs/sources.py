@@ -46,11 +46,12 @@ from ..errors import ItemError, SalientError
 from ..images import IMAGE_SUFFIXES, load_image
 from ..item import Item
 from ..models import Model
+from ..object_mask import object_mask
 from ..store.schema import ZARR_NAME
 
 SOURCE_KINDS: dict[str, type[Source]] = {}
 ARRAY_SUFFIXES = (".npy",)
-OUTPUT_DIRS = (ZARR_NAME, "results", "overlays")  # what salient writes into an output folder
+OUTPUT_DIRS = (ZARR_NAME, "results", "overlays", "clusters", "context", "audit")  # what salient writes into OUT
 
 
 @dataclass(frozen=True)
@@ -88,14 +89,14 @@ class Source:
         """Fail with a SalientError before any work if the source cannot be read at all."""
 
     def load(self, entry: Entry, model: Model) -> Item:
+        """The item, its meta carrying ``object_mask`` (bool, the model's input size; from the entry's
+        mask or box, :func:`~salient.object_mask.object_mask`) when it has one."""
         image = read_image(entry.path)
-        mask = entry.meta.get("mask")
-        if mask:
-            check_mask(mask, image.size)
-        box = entry.meta.get("box")
-        if box is not None:
-            check_box(box, image.size)
-        return Item(entry.id, model.preprocess(image), None, dict(entry.meta))
+        meta = dict(entry.meta)
+        mask = object_mask(meta.get("mask") or None, meta.get("box"), image.size, tuple(model.input_size))
+        if mask is not None:
+            meta["object_mask"] = mask
+        return Item(entry.id, model.preprocess(image), None, meta)
 
 
 def register_source(kind: str) -> Callable[[type[Source]], type[Source]]:
@@ -134,22 +135,6 @@ def read_image(path: str):
     return load_image(path)
 
 
-def check_mask(mask: str, size: tuple[int, int]) -> None:
-    """The mask file must be a readable image of the item's (height, width)."""
-    from PIL import Image as PILImage
-
-    p = Path(mask)
-    if not p.is_file():
-        raise ItemError(f"mask {mask}: no such file")
-    try:
-        with PILImage.open(p) as im:
-            w, h = im.size
-    except Exception as e:  # noqa: BLE001 - any decoder failure is the item's
-        raise ItemError(f"mask {mask}: not a readable image ({str(e).splitlines()[0]})") from None
-    if (h, w) != tuple(size):
-        raise ItemError(f"mask {mask}: size {h}x{w} differs from its image's {size[0]}x{size[1]}")
-
-
 def parse_box(value: Any) -> list[float] | None:
     """"x0,y0,x1,y1" (commas or spaces) or a sequence of four numbers -> list, None if empty."""
     if value is None or (isinstance(value, float) and np.isnan(value)) or value == "":
@@ -162,13 +147,6 @@ def parse_box(value: Any) -> list[float] | None:
     if len(box) != 4:
         raise ItemError(f"box {value!r}: expected four numbers x0,y0,x1,y1")
     return box
-
-
-def check_box(box: list[float], size: tuple[int, int]) -> None:
-    x0, y0, x1, y1 = box
-    h, w = size
-    if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
-        raise ItemError(f"box {box}: expected 0 <= x0 < x1 <= {w} and 0 <= y0 < y1 <= {h}")
 
 
 # -- globs

@@ -8,11 +8,13 @@ methods:
   - {name: rise, n_masks: 2000}      # parameters are checked against the registered method
   - {name: dida, targets: top3}
 metrics: [insertion, deletion]       # or {kinds: [insertion, deletion], step: 896, substrate: blur}
+                                     # localisation: object_share, pointing_game (tolerance: 15), ...
 executor: {kind: local}              # kind local|ray, workers, threads, address, gpus_per_worker, batch_size,
                                      # device, max_live, fuse, incremental (CPU fast paths, default true)
 seed: 0
 out: audit/
 store: {shard_items: 64}             # optional: shard_items, flush_rows, checkpoint_seconds, compressor
+audit: {context: [only_fg, mixed_rand]}  # optional: context variants per item (salient.audit), flag threshold
 ```
 Relative paths (source, manifest, model files, out) are relative to the YAML file's directory.
 Every error names its field (``methods.1.n_masks: ...``) and what it expected.
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from ..errors import SalientError, short_repr
 from ..kernels import check_fill
@@ -34,6 +36,7 @@ from ..methods import get_method
 from ..methods.metric import METRICS
 from ..models.loader import OPTION_KEYS
 from ..store.schema import COMPRESSORS
+from . import slide_source  # noqa: F401 - registers the "slides" source kind (tile mode)
 from .sources import SOURCE_KINDS
 
 # Fields whose change changes the results: a store refuses to mix runs that differ in them.
@@ -57,6 +60,7 @@ class ModelSpec(_Strict):
     std: str | list[float] | None = None
     seed: int | None = None
     labels: str | list[str] | None = None
+    output: Literal["classes", "reconstruction", "embedding"] | None = None
 
     def options(self) -> dict[str, Any]:
         return {k: v for k in OPTION_KEYS if (v := getattr(self, k, None)) is not None}
@@ -89,6 +93,14 @@ class MetricsSpec(_Strict):
     kinds: list[str] = Field(default_factory=list)
     step: int | None = Field(default=None, ge=1)
     substrate: str | float | None = None
+    tolerance: float | None = Field(default=None, ge=0)  # pointing game, pixels of the map (default 15)
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: Any) -> dict[str, Any]:
+        d = handler(self)
+        if d.get("tolerance") is None:  # not given: specs (and store hashes) read as before it existed
+            d.pop("tolerance", None)
+        return d
 
     @field_validator("kinds")
     @classmethod
@@ -134,6 +146,29 @@ class StoreSpec(_Strict):
     compressor: Literal[COMPRESSORS] = "lz4"  # type: ignore[valid-type]
 
 
+class AuditSpec(_Strict):
+    """``audit: {context: [only_fg, mixed_rand, "perturb:blur:3", ...], flag_context_share: 0.5}``: the
+    context variants scored for every item (:mod:`salient.audit.variants`) and the context share above
+    which ``salient audit`` flags an item."""
+
+    context: list[str] = Field(default_factory=list)
+    flag_context_share: float = Field(default=0.5, ge=0, le=1)
+
+    @field_validator("context")
+    @classmethod
+    def _variants(cls, v: list[str]) -> list[str]:
+        from ..audit.variants import parse_variant
+
+        for i, name in enumerate(v):
+            try:
+                parse_variant(name)
+            except SalientError as e:
+                raise ValueError(f"context.{i}: {e}") from None
+        if len(set(v)) != len(v):
+            raise ValueError("context: a variant is listed twice")
+        return v
+
+
 class JobSpec(_Strict):
     model: ModelSpec
     source: dict[str, Any]
@@ -144,6 +179,7 @@ class JobSpec(_Strict):
     seed: int = Field(default=0, ge=0)
     out: str = Field(min_length=1)
     store: StoreSpec = Field(default_factory=StoreSpec)
+    audit: AuditSpec | None = None
     base_dir: str = Field(default=".", exclude=True)  # the YAML file's directory (not a YAML key)
 
     @field_validator("model", mode="before")
@@ -193,6 +229,8 @@ class JobSpec(_Strict):
         d = self.model_dump(mode="json", exclude={"base_dir"})
         out = {k: d[k] for k in RESULT_FIELDS}
         out["batch_size"] = self.executor.batch_size
+        if self.audit is not None and self.audit.context:  # only when given: other stores keep their hash
+            out["audit"] = d["audit"]["context"]
         for k in FAST_PATHS:  # off, the last bits of the scores differ (the defaults leave old hashes alone)
             if not getattr(self.executor, k):
                 out[k] = False

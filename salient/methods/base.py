@@ -50,6 +50,9 @@ class Method:
     # What the model decides about the parameters (``check(params, model)``, SalientError if bad), run by
     # check_model before any work: e.g. the CAMs' layer, which must exist in the model.
     check: Callable[[dict[str, Any], Any], None] | None = field(default=None, hash=False, compare=False)
+    # The kind of model it explains (Model.output): "classes" (classifiers), or "reconstruction" (recon:
+    # an autoencoder, no class scores: the engine asks for none and the map's target is 0).
+    output: str = "classes"
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -104,12 +107,18 @@ class Method:
         except Exception:  # noqa: BLE001 - see the docstring
             pass
 
-    def check_model(self, params: dict[str, Any], model: Any) -> None:
+    def check_model(self, params: dict[str, Any], model: Any, sized: bool = True) -> None:
         """Check ``params`` (checked ones) against ``model`` before any work, once rather than per item:
         their values on the model's input size (check_values: RISE cells larger than the input, DiDA grids)
         and the method's own ``check`` (a CAM layer that the model does not have), then those of the
-        methods its nested parameters name (a BOREx prior's layer)."""
-        self.check_values(params, tuple(model.input_size), model.channels)
+        methods its nested parameters name (a BOREx prior's layer). ``sized=False`` leaves out the values
+        on the input size (whole mode: each item has its own size, and its run checks them)."""
+        output = getattr(model, "output", "classes")
+        if output != self.output:
+            raise SalientError(f"{self.name} explains models whose output is {self.output}; {model.name}'s is "
+                               f"{output}" + (" (use method recon)" if output == "reconstruction" else ""))
+        if sized:
+            self.check_values(params, tuple(model.input_size), model.channels)
         if self.check is not None:
             try:
                 self.check(params, model)
@@ -119,7 +128,7 @@ class Method:
             if isinstance(params.get(prefix), str):
                 inner = {k[len(prefix) + 1 :]: v for k, v in params.items() if k.startswith(f"{prefix}.")}
                 try:
-                    get_method(params[prefix]).check_model(inner, model)
+                    get_method(params[prefix]).check_model(inner, model, sized)
                 except SalientError as e:
                     raise SalientError(f"{self.name} {prefix}.*: {e}") from None
 
@@ -128,18 +137,20 @@ METHODS: dict[str, Method] = {}
 
 
 def register(name: str, signed: bool, nested: dict[str, dict[str, dict[str, Any]]] | None = None,
-             diverging: bool | None = None, check: Callable[[dict[str, Any], Any], None] | None = None) -> Callable:
+             diverging: bool | None = None, check: Callable[[dict[str, Any], Any], None] | None = None,
+             output: str = "classes") -> Callable:
     """Register a method generator; ``nested`` declares parameters that name other methods (Method.nested).
 
     ``signed``: its maps may be negative. ``diverging`` (default: ``signed``): their sign means support
     vs opposition of the class (DiDA, occlusion); False for a signed map whose sign carries no such
-    meaning (BOREx, GP), which is then shown on the relative scale of unsigned maps. ``check``: see Method.check."""
+    meaning (BOREx, GP), which is then shown on the relative scale of unsigned maps. ``check``: see Method.check.
+    ``output``: the kind of model it explains (Method.output)."""
     if diverging and not signed:
         raise ValueError(f"method {name}: a diverging map is signed")
 
     def deco(fn: Callable[..., MethodGen]) -> Callable[..., MethodGen]:
         METHODS[name] = Method(name, fn, signed, (fn.__doc__ or "").strip().split("\n")[0], dict(nested or {}),
-                               signed if diverging is None else diverging, check)
+                               signed if diverging is None else diverging, check, output)
         return fn
 
     return deco

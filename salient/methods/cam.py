@@ -15,7 +15,7 @@ multi-layer aggregation step, kept so that maps agree to float precision. Layers
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -48,10 +48,14 @@ def _resize(cam: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.from_numpy(np.stack(out).astype(np.float32))
 
 
-def cam_maps(weights: torch.Tensor, acts: torch.Tensor, shape: tuple[int, ...]) -> np.ndarray:
-    """Weights (T, K), activations (K, *s) -> maps (T, *shape) in [0, 1] (module docstring)."""
+def cam_maps(weights: torch.Tensor, acts: torch.Tensor, shape: tuple[int, ...], normalize: bool = True) -> np.ndarray:
+    """Weights (T, K), activations (K, *s) -> maps (T, *shape) in [0, 1] (module docstring);
+    ``normalize=False``: ReLU(resize(ReLU(Σ_k w_k A^k))) in the units of the weights, no min-max, so
+    that maps of several inputs (the tiles of one image) share one scale."""
     weights = weights.to(acts.device, torch.float32)
     cam = torch.einsum("tk,kn->tn", weights, acts.float().flatten(1)).view(len(weights), *acts.shape[1:])
+    if not normalize:
+        return _resize(cam.clamp_min(0.0), shape).clamp_min(0.0).cpu().numpy().astype(np.float32)
     cam = _minmax(cam.clamp_min(0.0))
     return _minmax(_resize(cam, shape).clamp_min(0.0)).cpu().numpy().astype(np.float32)
 
@@ -87,6 +91,8 @@ class GradCamQuery(WhiteBoxQuery):
 
     layer: str = ""
     kind: str = "gradcam"
+    normalize: bool = True
+    needs_grad: ClassVar[bool] = True
 
     def run(self, ctx: ItemContext, module: torch.nn.Module) -> tuple[tuple[str, np.ndarray], int]:
         layer = resolve_layer(module, self.layer, model_input(ctx.x))
@@ -115,26 +121,28 @@ class GradCamQuery(WhiteBoxQuery):
                 grads.append(g[0])
         acts = act[0].detach().float()
         weights = WEIGHTS[self.kind](acts, torch.stack(grads).float())
-        return (layer.label, cam_maps(weights, acts, tuple(ctx.x.shape[1:]))), 1
+        return (layer.label, cam_maps(weights, acts, tuple(ctx.x.shape[1:]), self.normalize)), 1
 
 
-def _gradient_cam(req: Request, layer: str, kind: str):
-    ((label, maps),) = yield [GradCamQuery(req.item, req.targets, layer=str(layer), kind=kind)]
+def _gradient_cam(req: Request, layer: str, kind: str, normalize: bool):
+    ((label, maps),) = yield [GradCamQuery(req.item, req.targets, layer=str(layer), kind=kind,
+                                           normalize=bool(normalize))]
     return Maps(maps, {"layer": label})
 
 
 @register("gradcam", signed=False, check=check_layer)
-def gradcam(req: Request, layer: str = ""):
+def gradcam(req: Request, layer: str = "", normalize: bool = True):
     """Grad-CAM: ReLU(Σ_k mean_ij(∂y_c/∂A^k_ij) · A^k), min-max normalised, resized (as pytorch-grad-cam).
 
     ``layer``: dotted module path (``@k`` for the k-th call); empty = the last module output with
-    spatial dimensions, recorded in the result's parameters. Gradients of the raw logit y_c."""
-    return (yield from _gradient_cam(req, layer, "gradcam"))
+    spatial dimensions, recorded in the result's parameters. Gradients of the raw logit y_c.
+    ``normalize=False`` leaves out the min-max steps (tile mode: one scale for every tile of an image)."""
+    return (yield from _gradient_cam(req, layer, "gradcam", normalize))
 
 
 @register("gradcampp", signed=False, check=check_layer)
-def gradcampp(req: Request, layer: str = ""):
+def gradcampp(req: Request, layer: str = "", normalize: bool = True):
     """Grad-CAM++: w_k = Σ_ij ReLU(g^k_ij)·α^k_ij with α = g² / (2g² + Σ_ab A^k_ab·g³ + 1e-6) (as pytorch-grad-cam).
 
-    ``layer`` as for gradcam."""
-    return (yield from _gradient_cam(req, layer, "gradcampp"))
+    ``layer`` and ``normalize`` as for gradcam."""
+    return (yield from _gradient_cam(req, layer, "gradcampp", normalize))

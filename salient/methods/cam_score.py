@@ -84,7 +84,7 @@ def distinct_channels(acts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 @register("scorecam", signed=False, check=check_layer)
-def scorecam(req: Request, layer: str = "", chunk: int = 64):
+def scorecam(req: Request, layer: str = "", chunk: int = 64, normalize: bool = True):
     """Score-CAM: ReLU(Σ_k softmax_k(y_c(I ⊙ H^k)) · A^k), min-max normalised, resized (as pytorch-grad-cam).
 
     ``layer`` as for gradcam; one forward pass per distinct channel of the layer, ``chunk`` channels per query."""
@@ -95,4 +95,5 @@ def scorecam(req: Request, layer: str = "", chunk: int = 64):
     parts = [distinct[s : s + chunk] for s in range(0, len(distinct), chunk)]
     scores = yield [ScoreCamQuery(req.item, req.targets, acts=p) for p in parts]
     weights = torch.from_numpy(np.concatenate(scores)[inverse]).T.softmax(dim=-1)  # (T, K)
-    return Maps(cam_maps(weights, torch.from_numpy(np.array(acts)), shape), {"layer": label})  # Ray: read-only
+    return Maps(cam_maps(weights, torch.from_numpy(np.array(acts)), shape, normalize),  # np.array: Ray's is read-only
+                {"layer": label})

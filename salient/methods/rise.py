@@ -15,6 +15,7 @@ from .base import Request, register
 
 QUERY_MASKS = 16
 ROUND_BYTES = 256 * 2**20  # the partial sums an item holds at once (one round of queries)
+ROUND_MIN = 8  # queries per round at least: a large image's queries still shard over 8 workers
 MAX_MASKS = 10**8  # 100 million forward passes per image: beyond, a typo rather than a plan
 
 
@@ -35,7 +36,10 @@ def rise(
     Memory: the queries are asked for in rounds whose partial sums take at most ``ROUND_BYTES``
     (4 bytes per target and pixel per query; 4000 masks at 224 x 224 for up to 5 targets are one
     round), so an item holds a bounded number of them whatever ``n_masks``; summed in mask order
-    across rounds, the map does not depend on the rounds. ``n_masks`` is at most ``MAX_MASKS``.
+    across rounds, the map does not depend on the rounds. A round holds at least ``ROUND_MIN`` queries,
+    so that the queries of a large image (whole mode) still shard over as many workers: at 4096 x 4096,
+    8 partial sums of 67 MB per target (537 MB), at the whole-mode budget of 8192 x 8192, 2.1 GB.
+    ``n_masks`` is at most ``MAX_MASKS``.
     """
     if n_masks < 1 or cells < 1 or chunk < 1:
         raise SalientError("rise: n_masks, cells and chunk must be >= 1")
@@ -49,7 +53,7 @@ def rise(
         raise SalientError(f"rise: p must lie in (0, 1{')' if debiased else ']'}, got {p}")
     fill = check_fill(fill, "rise: fill")
     queries = _queries(req, n_masks, cells, p, chunk, fill)
-    per_round = max(1, ROUND_BYTES // (4 * len(req.targets) * math.prod(req.size)))
+    per_round = max(ROUND_MIN, ROUND_BYTES // (4 * len(req.targets) * math.prod(req.size)))
     weighted = np.zeros((len(req.targets), *req.size), dtype=np.float64)
     score_sum = np.zeros(len(req.targets), dtype=np.float64)
     while batch := list(itertools.islice(queries, per_round)):

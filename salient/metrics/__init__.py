@@ -1,6 +1,9 @@
 """Metrics that judge maps. Each module registers its metrics in the registry
 (:data:`salient.methods.metric.METRICS`: a query generator and a results-table column); importing
-this package registers them all. :mod:`.curves`: insertion and deletion (RISE's causal metrics).
+this package registers them all. :mod:`.curves`: insertion and deletion (RISE's causal metrics);
+:mod:`.localisation`: object/context share and density, pointing game, relevance rank and mass
+accuracy (need the item's object mask). Dataset statistics over a store's table: :mod:`.paired`
+(Wilcoxon signed-rank of two methods), :mod:`.clusters` (k-means of attention maps).
 A new metric is one module here plus its ``register_metric``."""
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from typing import Any
 
 from ..saliency import Saliency
 from .curves import CURVE_KINDS, Curve, auc, curve, curve_counts
+from .localisation import pointing_hit  # noqa: F401 - registers the localisation metrics
 
 
 def _run_curve(model: Any, image: Any, saliency: Saliency, kind: str, step: int | None, substrate: Any) -> Curve:

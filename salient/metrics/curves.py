@@ -71,14 +71,14 @@ def curve(item: str, size: tuple[int, int], saliency: np.ndarray, target: int, k
     return Curve(kind, int(target), counts, scores, auc(scores))
 
 
-@register_metric("insertion", column="insertion_auc")
+@register_metric("insertion", column="insertion_auc", higher_is_better=True)
 def insertion_auc(item: str, size: tuple[int, int], saliency: np.ndarray, target: int, step: int | None = None,
                   substrate: str | float | None = None):
     """Insertion AUC: pixels moved from the substrate (blur(I) by default) to I in order of saliency."""
     return (yield from curve(item, size, saliency, target, "insertion", step=step, substrate=substrate)).auc
 
 
-@register_metric("deletion", column="deletion_auc")
+@register_metric("deletion", column="deletion_auc", higher_is_better=False)
 def deletion_auc(item: str, size: tuple[int, int], saliency: np.ndarray, target: int, step: int | None = None,
                  substrate: str | float | None = None):
     """Deletion AUC: pixels moved from I to the substrate (fill 0 by default) in order of saliency."""

@@ -10,7 +10,8 @@ keyword arguments):
 Options: ``weights``, ``score`` (softmax | logit | sigmoid), ``input_size`` (e.g. 224 or 224x320),
 ``mean`` and ``std`` (comma-separated), ``seed``, ``frames`` (> 0: a video net taking clips
 (C, frames, H, W); torchvision's video architectures default to 16 frames of 112 x 112, Kinetics
-mean/std).
+mean/std), ``output`` (classes | reconstruction | embedding: an autoencoder's output has its input's
+shape, a metric-learning net's is (N, D); default classes).
 Nothing is ever downloaded.
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -34,7 +36,7 @@ from .model import Model
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HALF = (0.5, 0.5, 0.5)
-OPTION_KEYS = ("weights", "score", "input_size", "mean", "std", "seed", "labels", "frames")
+OPTION_KEYS = ("weights", "score", "input_size", "mean", "std", "seed", "labels", "frames", "output")
 KINETICS_MEAN = (0.43216, 0.394666, 0.37645)  # torchvision's video nets (r3d_18, mc3_18, r2plus1d_18)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
 SCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript", ".jit")
@@ -203,9 +205,15 @@ def _check_output(model: Model) -> int:
         for h in handles:
             h.remove()
     model.activation_bytes = max(largest[0], out.numel() * out.element_size() if isinstance(out, torch.Tensor) else 0)
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if model.output == "reconstruction":
+        if shape != tuple(x.shape):
+            raise SalientError(f"model {model.name} outputs {shape}, expected a reconstruction of its input "
+                               f"{tuple(x.shape)} (output=reconstruction)")
+        return 0
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 1 or out.shape[1] < 1:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise SalientError(f"model {model.name} outputs {shape}, expected (N, classes)")
+        what = "(N, dimensions)" if model.output == "embedding" else "(N, classes)"
+        raise SalientError(f"model {model.name} outputs {shape}, expected {what}")
     return int(out.shape[1])
 
 
@@ -240,7 +248,9 @@ def load_model(spec: str | nn.Module | Model = "efficientnet-lite0", **options: 
         if not path.is_file():
             raise SalientError(f"model file {path} not found")
         try:
-            net = torch.jit.load(str(path), map_location="cpu")
+            with warnings.catch_warnings():  # torch 2.14 calls TorchScript deprecated; it still loads it
+                warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.load")
+                net = torch.jit.load(str(path), map_location="cpu")
         except Exception as e:  # noqa: BLE001
             raise SalientError(f"{path} is not a TorchScript model: {first_line(e)}") from None
     elif name.count(":") == 1 and all(name.split(":")):
@@ -262,7 +272,7 @@ def load_model(spec: str | nn.Module | Model = "efficientnet-lite0", **options: 
     model = Model(
         module=net.eval(), name=name, input_size=size, mean=mean, std=std, labels=[],
         score_kind=str(opts.get("score", "softmax")), spec=spec if isinstance(spec, str) else "", options=opts,
-        frames=frames,
+        frames=frames, output=str(opts.get("output", "classes")),
     )
     n = _check_output(model)
     labels = opts.get("labels")
@@ -270,5 +280,5 @@ def load_model(spec: str | nn.Module | Model = "efficientnet-lite0", **options: 
         labels = [s for s in (labels.split(",") if isinstance(labels, str) else list(labels))]
         if len(labels) != n:
             raise SalientError(f"{len(labels)} labels given but the model has {n} outputs")
-    model.labels = labels if labels is not None else default_labels(n)
+    model.labels = labels if labels is not None else default_labels(n) if n else []
     return model

@@ -13,6 +13,7 @@ from ..errors import SalientError
 from ..images import Image, load_image
 
 SCORE_KINDS = ("softmax", "logit", "sigmoid")
+OUTPUTS = ("classes", "reconstruction", "embedding")  # what a model's output is (Model.output)
 
 
 @dataclass
@@ -23,6 +24,8 @@ class Model:
     not kept, so the map covers the whole photo), then ``(x - mean) / std`` per channel.
     ``score(logits)`` turns raw outputs into the scores that methods explain.
     Video nets have ``frames`` > 0: their input is a clip (C, T, H, W) (``preprocess_clip``).
+    ``output``: "classes" (a classifier, (N, K)), "reconstruction" (an autoencoder: its output has its
+    input's shape, explained by the ``recon`` method) or "embedding" (a metric-learning net, (N, D)).
     """
 
     module: nn.Module
@@ -36,10 +39,13 @@ class Model:
     options: dict = field(default_factory=dict)
     frames: int = 0  # > 0: a video net whose input is (C, frames, H, W)
     activation_bytes: int = 0  # the largest activation of one input (measured by load_model; 0: unknown)
+    output: str = "classes"
 
     def __post_init__(self) -> None:
         if self.score_kind not in SCORE_KINDS:
             raise SalientError(f"unknown score kind {self.score_kind!r}; choose one of {', '.join(SCORE_KINDS)}")
+        if self.output not in OUTPUTS:
+            raise SalientError(f"unknown model output {self.output!r}; choose one of {', '.join(OUTPUTS)}")
         self.module.eval()
 
     @property

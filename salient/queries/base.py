@@ -88,6 +88,11 @@ class Query:
         """Write inputs [start, stop) into ``out`` (stop - start, C, H, W); return anything reduce needs."""
         raise NotImplementedError
 
+    def input_shape(self, ctx: ItemContext) -> tuple[int, ...]:
+        """The shape of one of its inputs (without the batch axis): the item's own, unless the query
+        builds inputs of another size (crops resized to the model's input)."""
+        return tuple(ctx.x.shape)
+
     def changed_boxes(self) -> tuple[tuple[int, int, int, int], ...] | None:
         """Per input, the box (y0, y1, x0, x1) outside which it equals the item itself, or None (the
         inputs may differ anywhere). Lets the worker recompute only what a box changes
@@ -109,10 +114,13 @@ class Query:
 @dataclass(frozen=True)
 class WhiteBoxQuery:
     """A query that needs the module itself (hooks, gradients): ``run(ctx, module)`` returns
-    (result, forward passes it made); the worker counts them. ``n_inputs()`` is its cost in passes."""
+    (result, forward passes it made); the worker counts them. ``n_inputs()`` is its cost in passes.
+    ``needs_grad``: its forward keeps every activation for a backward pass (the worker checks that they fit
+    the memory limit for an input at another size than the model's)."""
 
     item: str
     targets: tuple[int, ...] = ()
+    needs_grad: ClassVar[bool] = False
 
     def n_inputs(self) -> int:
         return 1

@@ -53,9 +53,15 @@ def panel(image: Image | np.ndarray | str | os.PathLike, saliencies: Sequence[Sa
     if not saliencies:
         raise ValueError("panel needs at least one saliency map")
     img = load_image(image)
+    tiles = [(to_uint8(img.pixels), img.name)]
+    tiles += [(overlay(img, s, alpha, **overlay_kw), title_of(s)) for s in saliencies]
+    return strip(tiles, tile_height, gap)
+
+
+def strip(images: Sequence[tuple[np.ndarray, str]], tile_height: int = 256, gap: int = 4) -> np.ndarray:
+    """uint8 (tile_height + 22, W, 3): (RGB, title) tiles side by side at a common height, titled."""
     font = ImageFont.load_default(size=FONT_SIZE)
-    tiles = [_tile(to_uint8(img.pixels), img.name, tile_height, font)]
-    tiles += [_tile(overlay(img, s, alpha, **overlay_kw), title_of(s), tile_height, font) for s in saliencies]
+    tiles = [_tile(rgb, title, tile_height, font) for rgb, title in images]
     width = sum(t.width for t in tiles) + gap * (len(tiles) - 1)
     out = PILImage.new("RGB", (width, tiles[0].height), "white")
     x = 0

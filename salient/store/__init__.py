@@ -33,6 +33,8 @@ One concept a module, readers below the writer:
 - :mod:`.read`: :func:`read_results`, :func:`read_map`, :func:`item_status` (no writer imported).
 - :mod:`.files`: atomic file writes and the lock.
 - :mod:`.shards`: the compressors and whole-shard encoding.
+- :mod:`.mosaic`: OME-Zarr 0.5 multiscale mosaics of huge images (tile mode), written band by band
+  (:class:`~salient.store.mosaic.MosaicWriter`), read by level (:func:`~salient.store.mosaic.read_level`).
 - :mod:`.pipeline`: the three-stage background writer.
 - :mod:`.claims`: what a store holds, and the refusal of what does not belong with it.
 - :mod:`.write`: :class:`Store` and :func:`compact_results`.
@@ -50,6 +52,7 @@ _WHERE = {
     "Store": "write", "compact_results": "write",
     "check_maps": "check", "check_metadata": "check", "damaged_metadata": "check", "repair": "repair",
     "read_results": "read", "read_map": "read", "item_status": "read",
+    "MosaicWriter": "mosaic", "read_level": "mosaic", "mosaic_levels": "mosaic",
     "item_key": "schema", "result_columns": "schema", "EXTRA_COLUMNS": "schema", "result_schema": "schema",
     "SHARD_ITEMS": "schema", "COMPRESSORS": "schema", "ZARR_NAME": "schema",
 }

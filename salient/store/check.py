@@ -12,7 +12,8 @@ reports what is lost, ``salient repair`` mends the metadata.
   the file, and no chunk is absent (an absent chunk reads as NaN, the fill value: the writer
   stores every map of an ``ok`` row). Each shard file holding an ``ok`` row is read once, whole,
   in one read, and checked chunk by chunk (:meth:`~salient.store.shards._ShardCodec.read`), on a
-  few threads; maps of odd sizes (``items/``) are read whole through zarr, one array per item.
+  few threads; maps of odd sizes (``items/``) are read whole through zarr, one array per item,
+and tile-mode mosaics band by band (:func:`~salient.store.mosaic.verify_mosaic`).
 
 Cost of :func:`check_maps` (``benchmarks/store_check.py``, a shared 2-core dev VM, files in the
 page cache, 224 x 224 float32 maps with noise, lz4, 164 kB a map; bound by the file reads and the
@@ -190,6 +191,10 @@ def _odd_state(root: zarr.Group | None, method: str, item_id: str, n_targets: in
     arr = _node(root, f"items/{item_key(item_id)}/{method}")
     if arr is None:
         return MISSING
+    if isinstance(arr, zarr.Group):  # a mosaic of tile mode: complete, every band of every level intact
+        from .mosaic import verify_mosaic
+
+        return FINE if verify_mosaic(arr) else DAMAGED
     try:
         maps = np.asarray(arr[:])
     except Exception:  # noqa: BLE001 - damaged metadata or chunk

@@ -103,6 +103,8 @@ def discard(out: str | os.PathLike, also: Iterable[Path] = ()) -> None:
     try:
         shutil.rmtree(out / ZARR_NAME, ignore_errors=True)
         shutil.rmtree(out / "results", ignore_errors=True)
+        for derived in ("context", "audit", "clusters"):  # tables made from the store go with it
+            shutil.rmtree(out / derived, ignore_errors=True)
         for p in also:
             p.unlink(missing_ok=True)
     finally:

@@ -88,9 +88,10 @@ def read_results(out: str | os.PathLike, columns: list[str] | None = None, lates
     return table.select(want).to_pandas()
 
 
-def read_map(out: str | os.PathLike, row: Any) -> np.ndarray:
+def read_map(out: str | os.PathLike, row: Any, level: int = 0) -> np.ndarray:
     """The map of one table row (a DataFrame row or dict): ``maps/<method>[index]`` (at ``rank``
-    on the target axis), or ``items/<key>/<method>[rank]`` for odd sizes."""
+    on the target axis), ``items/<key>/<method>[rank]`` for odd sizes, or level ``level`` of the
+    OME-Zarr mosaic ``items/<key>/<method>`` of tile mode (:mod:`.mosaic`)."""
     root = zarr.open_group(Path(out) / ZARR_NAME, mode="r")
     get = row.get if hasattr(row, "get") else row.__getitem__
     if get("status") != "ok":
@@ -100,7 +101,12 @@ def read_map(out: str | os.PathLike, row: Any) -> np.ndarray:
         arr = root[f"maps/{get('method')}"]
         m = arr[int(get("index"))]
         return np.asarray(m[rank] if int(arr.attrs.get("targets_per_item", 1)) > 1 else m)
-    return np.asarray(root[f"items/{item_key(str(get('item_id')))}/{get('method')}"][rank])
+    node = root[f"items/{item_key(str(get('item_id')))}/{get('method')}"]
+    if isinstance(node, zarr.Group):
+        from .mosaic import read_level
+
+        return read_level(node, level)
+    return np.asarray(node[rank])
 
 
 def item_status(df) -> Any:

@@ -147,12 +147,13 @@ def _repair_nodes(out: Path, bad: dict[Path, str], backup: dict[str, Any] | None
 
 
 def _repair_items(out: Path) -> list[str]:
-    """Odd-size map arrays (``items/<key>/<method>``) whose metadata does not read go aside."""
+    """Odd-size map arrays and tile-mode mosaic groups (``items/<key>/<method>``) whose metadata does
+    not read go aside."""
     items, lines = out / ZARR_NAME / "items", []
     if not items.is_dir():
         return lines
     for node in sorted(items.glob("*/*/zarr.json")):
-        if _node_problem(node, "array"):
+        if _node_problem(node, "array") and _node_problem(node, "group"):
             dest = _aside(out, node.parent)
             lines.append(f"moved {node.parent} to {dest}: its metadata is damaged; its item is redone")
     return lines

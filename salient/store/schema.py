@@ -4,7 +4,9 @@ the node name of an item, the default shard size and the compressor names.
 - ``results/part-*.parquet``: one row per (item, method, target) with the contract columns
   :func:`result_columns` (one float column per registered metric, :mod:`salient.methods.metric`,
   between ``seconds`` and ``status``: ``insertion_auc``, ``deletion_auc`` today) plus
-  :data:`EXTRA_COLUMNS` (position, rank, and the manifest's true_label, mask, box);
+  :data:`EXTRA_COLUMNS` (position, rank, the manifest's true_label, mask, box, and for a tile-mode
+  mosaic its tile count, skipped and failed tiles; ``metric_note``: why a metric is NaN, e.g.
+  ``no object mask (object_share, pointing_game)``);
   :func:`result_schema` is both together. A part written before a metric was registered reads
   with that column null.
 - ``OUT/`` :data:`ZARR_NAME` holds the maps; ``items/<key>/<method>`` is named by
@@ -25,7 +27,7 @@ from urllib.parse import quote
 
 import pyarrow as pa
 
-from ..methods.metric import metric_columns
+from ..methods.metric import NOTE_COLUMN, metric_columns
 
 ITEM_COLUMNS = [
     ("item_id", pa.string()), ("index", pa.int64()), ("source", pa.string()), ("method", pa.string()),
@@ -36,6 +38,8 @@ STATUS_COLUMNS = [("status", pa.string()), ("error", pa.string())]
 EXTRA_COLUMNS = [
     ("position", pa.int64()), ("rank", pa.int64()),
     ("true_label", pa.string()), ("mask", pa.string()), ("box", pa.list_(pa.float64())),
+    ("tiles", pa.int64()), ("skipped_tiles", pa.int64()), ("failed_tiles", pa.int64()),  # tile mode (mosaics)
+    (NOTE_COLUMN, pa.string()),  # why a metric of the row is NaN (salient.methods.metric.Undefined), or null
 ]
 
 

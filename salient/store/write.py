@@ -45,7 +45,7 @@ import pyarrow as pa
 import zarr
 
 from ..errors import SalientError
-from ..methods.metric import metric_columns
+from ..methods.metric import NOTE_COLUMN, metric_columns
 from ..saliency import Saliency
 from . import files  # _atomic_steps and _fsync are called through the module (tests patch them there)
 from .check import check_metadata
@@ -369,8 +369,9 @@ class Store:
                 "box": None if box is None else [float(v) for v in box]}
 
     def add(self, item_id: str, source: str, results: list[Saliency], position: int | None = None,
-            extra: dict[str, Any] | None = None) -> None:
-        """Store the maps of one item (one Saliency per target, any methods) and their ok rows."""
+            extra: dict[str, Any] | None = None, per_item: bool = False) -> None:
+        """Store the maps of one item (one Saliency per target, any methods) and their ok rows;
+        ``per_item``: always in ``items/<key>/<method>``, never the stacked array (whole mode)."""
         self._writer.check()
         pos = self._position(position)
         meta = self._meta(extra)
@@ -380,8 +381,8 @@ class Store:
         for method, group in groups.items():
             maps = (np.asarray(group[0].map, dtype=np.float32)[None] if len(group) == 1
                     else np.stack([np.asarray(s.map, dtype=np.float32) for s in group]))
-            stack = self._stacks.get(method) or self._create_stack(method, group[0], maps)
-            stacked = stack.fits(maps)
+            stack = None if per_item else self._stacks.get(method) or self._create_stack(method, group[0], maps)
+            stacked = stack is not None and stack.fits(maps)
             if not stacked:
                 self._write_odd(item_id, method, group, maps)
             rows = [{
@@ -389,6 +390,7 @@ class Store:
                 "target": s.target, "label": s.label, "base_score": s.base_score, "n_forward": s.n_forward,
                 "seconds": s.seconds, **{c: s.metrics.get(c) for c in metric_columns()},
                 "status": "ok", "error": "", "position": pos, "rank": j, **meta,
+                NOTE_COLUMN: s.metrics.get(NOTE_COLUMN),
             } for j, s in enumerate(group)]
             if stacked:
                 buf = self._buffer(stack, pos // stack.shard)
@@ -398,6 +400,31 @@ class Store:
             else:
                 self._rows.extend(rows)
             self._resolve(method, pos)
+
+    def mosaic(self, item_id: str, method: str, shape: tuple[int, int], **opts: Any) -> Any:
+        """A :class:`~salient.store.mosaic.MosaicWriter` for ``items/<key>/<method>`` (this store's
+        compressor; ``opts``: attrs, fingerprint, resume, ...). Its row: :meth:`add_mosaic`."""
+        from .mosaic import MosaicWriter
+
+        return MosaicWriter(self.root, f"items/{item_key(item_id)}/{method}", shape, compressor=self.compressors,
+                            **opts)
+
+    def add_mosaic(self, item_id: str, source: str, s: Saliency, position: int | None = None,
+                   extra: dict[str, Any] | None = None, tiles: dict[str, int] | None = None) -> None:
+        """The ok row (``index`` -1) of a finished mosaic written through :meth:`mosaic`: ``s`` gives
+        method, target, label, scores and counts (its map is not used); ``tiles``: the tiles,
+        skipped_tiles and failed_tiles columns."""
+        self._writer.check()
+        pos = self._position(position)
+        if self.durable:  # synced before the part holding its row
+            node = self.out / ZARR_NAME / "items" / item_key(item_id) / s.method
+            self._unsynced.update([node, *node.rglob("*")])
+        self._rows.append({
+            "item_id": item_id, "index": -1, "source": source, "method": s.method, "target": s.target,
+            "label": s.label, "base_score": s.base_score, "n_forward": s.n_forward, "seconds": s.seconds,
+            **{c: s.metrics.get(c) for c in metric_columns()}, "status": "ok", "error": "", "position": pos,
+            "rank": 0, **self._meta(extra), **(tiles or {})})
+        self._resolve(s.method, pos)
 
     def add_error(self, item_id: str, source: str, method: str, error: str, position: int | None = None,
                   extra: dict[str, Any] | None = None, n_forward: int = 0, seconds: float = 0.0) -> None:
