@@ -161,6 +161,10 @@ def test_inspect_command_writes_store_tables_overlays_and_metrics(tmp_path, caps
     cand = pd.read_parquet(out / "inspect" / "candidates.parquet")
     assert cand["true"].tolist() == [True] and cand["kept"].tolist() == [True]
     assert len(list((out / "overlays").glob("*_recon.png"))) == 1
+    from salient.report.html import build_report
+
+    html = build_report(out).read_text()
+    assert "<h2 id=inspect>Inspection</h2>" in html and "1 candidates: 1 kept by the re-check" in html
     assert main(["inspect", str(tmp_path / "a.png"), "--ae", "inspect_toys:region_ae?input_size=32",
                  "--normals", str(tmp_path / "nope.png"), "--out", str(out)]) == 2
     assert "no such file" in capsys.readouterr().err

@@ -18,12 +18,19 @@ from pathlib import Path
 
 from .gallery import gallery_section
 from .page import ReportContext, esc, page
-from .sections import audit_section, clusters_section, job_section, methods_section, paired_section
+from .sections import (
+    audit_section,
+    clusters_section,
+    inspect_section,
+    job_section,
+    methods_section,
+    paired_section,
+)
 from .store_view import open_store
 
 Section = Callable[[ReportContext], "str | None"]
-SECTIONS: list[Section] = [job_section, methods_section, paired_section, audit_section, clusters_section,
-                           gallery_section]
+SECTIONS: list[Section] = [job_section, methods_section, paired_section, audit_section, inspect_section,
+                           clusters_section, gallery_section]
 REPORT_DIR = "report"
 
 

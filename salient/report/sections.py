@@ -178,6 +178,34 @@ def audit_section(ctx: ReportContext) -> str | None:
     return "\n".join(out)
 
 
+def inspect_section(ctx: ReportContext) -> str | None:
+    """Visual inspection when ``salient inspect`` wrote it (``OUT/inspect/``): the thresholds and metrics
+    (``metrics.json``), the candidates kept and rejected, and the items with the highest image scores."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    d = ctx.view.out / "inspect"
+    if not (d / "metrics.json").is_file():
+        return None
+    out = ["<h2 id=inspect>Inspection</h2>"]
+    try:
+        metrics = json.loads((d / "metrics.json").read_text())
+        out.append(table(("", ""), [(k, v) for k, v in metrics.items()]))
+        if (d / "candidates.parquet").is_file():
+            c = pq.read_table(d / "candidates.parquet").to_pandas()
+            out.append(f"<p>{len(c)} candidates: {int(c['kept'].sum())} kept by the re-check, "
+                       f"{int((~c['kept']).sum())} rejected.</p>")
+        if (d / "images.parquet").is_file():
+            im = pq.read_table(d / "images.parquet").to_pandas().sort_values("score", ascending=False)
+            out.append("<h3>highest image scores</h3>" + table(
+                ("item", "score", "candidates", "kept"),
+                im.head(AUDIT_ROWS)[["item_id", "score", "candidates", "kept"]].itertuples(index=False)))
+    except Exception as e:  # noqa: BLE001 - a damaged inspection file: say so, show the rest
+        out.append(f'<p class="err">{esc(d)}: cannot be read ({esc(type(e).__name__)})</p>')
+    return "\n".join(out)
+
+
 def clusters_section(ctx: ReportContext) -> str | None:
     """The images under ``OUT/clusters/`` (the clusters' centroid grid and friends) when present."""
     pngs = sorted((ctx.view.out / "clusters").glob("*.png"))
