@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..engine import Task
-from ..engine.tasks import base_scores
+from ..engine.tasks import base_scores, raising
 from ..errors import ItemError, SalientError
 from ..item import Item
 from ..methods.bo import one_thread
@@ -42,11 +42,6 @@ class ContextKey:
 
     position: int
     variant: str
-
-
-def _fail(e: BaseException):
-    raise e
-    yield  # pragma: no cover - makes this a generator
 
 
 def variant_seed(seed: int, position: int, variant: str) -> int:
@@ -97,7 +92,7 @@ class ContextPass:
         for v in self.variants:
             key = ContextKey(position, v.name)
             if isinstance(item, BaseException):
-                out.append(Task(key, None, _fail(item)))
+                out.append(Task(key, None, raising(item)))
                 continue
             if v.kind == "original":  # the item itself (already held for the methods' queries)
                 out.append(Task(key, item, base_scores(item)))
@@ -115,7 +110,7 @@ class ContextPass:
                     x = make_variant(v, item.x, item.meta.get("object_mask"), self.model.mean, self.model.std,
                                      variant_seed(self.seed, position, v.name), partner)
             except ItemError as e:
-                out.append(Task(key, None, _fail(e)))
+                out.append(Task(key, None, raising(e)))
                 continue
             vitem = Item(f"{item.id}#ctx:{v.name}", x, None, {})
             out.append(Task(key, vitem, base_scores(vitem)))

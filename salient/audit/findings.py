@@ -80,13 +80,11 @@ def _hits(ok):
 
 
 def _per_variant(ok, key: str) -> Any:
-    import pandas as pd
-
     g = ok.assign(hit=_hits(ok), flip=~ok["kept"].astype(bool), drop=ok["base_score"] - ok["ref_score"])
     t = g.groupby([key, "variant"], sort=False).agg(group=("group", "first"), n=("hit", "size"),
                                                    accuracy=("hit", "mean"), flip_rate=("flip", "mean"),
                                                    score_drop=("drop", "mean")).reset_index()
-    return t.rename(columns={key: "class"}) if key != "class" else pd.DataFrame(t)
+    return t.rename(columns={key: "class"})
 
 
 def _class_table(acc) -> Any:
@@ -201,6 +199,7 @@ def write_findings(out: str | Path, findings: Findings, overlays: int = 10) -> P
 def _flagged_overlays(out: Path, flagged, folder: Path) -> None:
     from ..errors import ItemError
     from ..images import load_image
+    from ..methods import get_method
     from ..report.overlay import save_overlay
     from ..store import read_map, read_results
 
@@ -213,4 +212,4 @@ def _flagged_overlays(out: Path, flagged, folder: Path) -> None:
         except (SalientError, ItemError, OSError):
             continue  # a moved photo or a lost map: the table still lists the item
         save_overlay(folder / f"{int(r['position']):06d}_{r['method']}.png", img, m,
-                     diverging=bool(np.nanmin(m) < 0))
+                     diverging=get_method(str(r["method"])).diverging)

@@ -22,7 +22,7 @@ from ..models import Model, load_model
 from ..saliency import Saliency
 from .memory import parse_bytes
 from .scheduler import Scheduler, Task
-from .tasks import explain_task, parse_target
+from .tasks import explain_task, parse_target, raising
 from .whole import read_whole, whole_input
 
 EXECUTORS = ("local", "ray")
@@ -199,7 +199,7 @@ class Engine:
                 try:
                     item = self.item(image, index=i, whole=whole, level=level)
                 except Exception as e:  # noqa: BLE001 - reported per item
-                    yield Task(key, None, _raise(e))
+                    yield Task(key, None, raising(e))
                     continue
                 yield Task(key, item, scored_task(item, self.model, method, tgt, seed, checked, metrics, metric_opts))
 
@@ -217,11 +217,6 @@ class Engine:
         if isinstance(out, Exception):
             raise out
         return out[0] if len(out) == 1 else out
-
-
-def _raise(e: Exception):
-    raise e
-    yield  # pragma: no cover - makes this a generator
 
 
 def engine_for(model: Model) -> Engine:

@@ -14,6 +14,13 @@ from ..queries import ScoreQuery
 from ..saliency import Saliency
 
 
+def raising(e: BaseException):
+    """Generator: a task that fails with ``e`` when the scheduler first steps it (an item that could not
+    be read or built is reported through the same path as one that fails while it runs)."""
+    raise e
+    yield  # pragma: no cover - makes this a generator
+
+
 def parse_target(spec: int | str, model: Model) -> int | tuple[str, int]:
     """``top1``/``topK`` -> ("top", K); a class id or label -> its id. Validated before any work. A model
     without classes (an autoencoder) has one target, 0, whatever is asked."""

@@ -69,14 +69,3 @@ def find_candidates(anomaly: np.ndarray, threshold: float, opening: int = 3, min
                              float(vals.mean())))
     return out
 
-
-def region_masks(anomaly_shape: tuple[int, int], candidates: list[Candidate], anomaly: np.ndarray,
-                 threshold: float) -> list[np.ndarray]:
-    """Each candidate's pixels (bool, the map's shape): above the threshold inside its box."""
-    out = []
-    for c in candidates:
-        m = np.zeros(anomaly_shape, bool)
-        y0, y1, x0, x1 = c.box
-        m[y0:y1, x0:x1] = np.asarray(anomaly)[y0:y1, x0:x1] > threshold
-        out.append(m)
-    return out

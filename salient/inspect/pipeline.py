@@ -34,6 +34,7 @@ from ..engine import Engine
 from ..errors import SalientError
 from ..images import Image, load_image
 from ..models import Model
+from ..models.model import resized
 from .candidates import Candidate, calibrate_threshold, find_candidates
 from .recheck import Embedder, RecheckSettings, calibrate_distance, crop_box
 
@@ -64,11 +65,8 @@ class InspectResult:
 
 
 def pixels_at(image: Image, size: tuple[int, int]) -> np.ndarray:
-    """The image's pixels (H, W, 3) resized to ``size`` as the models' preprocessing does (bilinear, antialiased)."""
-    t = torch.from_numpy(image.pixels).permute(2, 0, 1)[None]
-    if tuple(t.shape[-2:]) != tuple(size):
-        t = F.interpolate(t, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
-    return t[0].clamp(0, 1).permute(1, 2, 0).numpy()
+    """The image's pixels (H, W, 3) resized to ``size`` as the models' preprocessing does."""
+    return resized(image, size).permute(1, 2, 0).numpy()
 
 
 def _names(images: list[Image], prefix: str) -> list[str]:
@@ -111,33 +109,30 @@ def inspect_items(ae: Model, parts: list[Any], normals: list[Any], embedding: Mo
     thr = calibrate_threshold([maps[n] for n in rnames], settings.rule, settings.q, settings.k_sigma)
     cands = {n: find_candidates(maps[n], thr, settings.opening, settings.min_area) for n in pnames}
     size = tuple(next(iter(maps.values())).shape)
-    rows = [{"name": n, "candidate": i, "box": c.box, "cand": c} for n in pnames for i, c in enumerate(cands[n])]
+    rows = [{"name": n, "position": p, "candidate": i, "cand": c} for p, n in enumerate(pnames)
+            for i, c in enumerate(cands[n])]
     tau = None
     if embedding is not None and rows:
         rs = settings.recheck
         pixels = {n: pixels_at(im, size) for n, im in zip(rnames + pnames, ref_imgs + part_imgs, strict=True)}
-        boxes = {r["name"] + str(r["candidate"]): crop_box(r["box"], rs.margin, size) for r in rows}
+        for r in rows:
+            r["crop"] = crop_box(r["cand"].box, rs.margin, size)
         rng = np.random.default_rng([rs.seed, 3])
         chosen = {n: [rnames[j] for j in sorted(rng.choice(len(rnames), rs.k, replace=False))] for n in pnames}
         with _engine(engines, 1, embedding, executor, executor_opts) as eng:
             emb = Embedder(eng)
-            tau = calibrate_distance(emb, list(dict.fromkeys(boxes.values())), rnames, pixels, rs)
-            wanted = [(r["name"], boxes[r["name"] + str(r["candidate"])]) for r in rows]
-            wanted += [(ref, b) for r in rows for ref in chosen[r["name"]]
-                       for b in [boxes[r["name"] + str(r["candidate"])]]]
-            emb.embed(wanted, pixels)
+            tau = calibrate_distance(emb, list(dict.fromkeys(r["crop"] for r in rows)), rnames, pixels, rs)
+            emb.embed([(n, r["crop"]) for r in rows for n in (r["name"], *chosen[r["name"]])], pixels)
             for r in rows:
-                b = boxes[r["name"] + str(r["candidate"])]
+                b = r["crop"]
                 r["distance"] = emb.distance((r["name"], b), [(ref, b) for ref in chosen[r["name"]]], rs.reduce)
                 r["kept"] = r["distance"] > tau
-    for r in rows:
-        r.setdefault("distance", float("nan"))
-        r.setdefault("kept", True)
-    table = pd.DataFrame([_cand_row(r, pnames) for r in rows], columns=CAND_COLUMNS)
-    images = pd.DataFrame([{"item_id": n.split(":", 1)[1], "position": i,
-                            "score": max((r["cand"].peak for r in rows if r["name"] == n and r["kept"]), default=0.0),
-                            "candidates": len(cands[n]), "kept": sum(1 for r in rows if r["name"] == n and r["kept"])}
-                           for i, n in enumerate(pnames)])
+    table = pd.DataFrame([_cand_row(r) for r in rows], columns=CAND_COLUMNS)
+    kept = table[table["kept"].astype(bool)].groupby("position")
+    images = pd.DataFrame({"item_id": [n.split(":", 1)[1] for n in pnames], "position": range(len(pnames)),
+                           "score": kept["peak"].max().reindex(range(len(pnames)), fill_value=0.0).to_numpy(),
+                           "candidates": [len(cands[n]) for n in pnames],
+                           "kept": kept.size().reindex(range(len(pnames)), fill_value=0).to_numpy()})
     result = InspectResult(thr, tau, [maps[n] for n in pnames], table, images)
     if masks is not None:
         result.metrics = _metrics(result, [maps[n] for n in pnames], part_imgs, masks, size)
@@ -155,12 +150,12 @@ CAND_COLUMNS = ["item_id", "position", "candidate", "y0", "y1", "x0", "x1", "are
                 "kept"]
 
 
-def _cand_row(r: dict[str, Any], pnames: list[str]) -> dict[str, Any]:
+def _cand_row(r: dict[str, Any]) -> dict[str, Any]:
     c: Candidate = r["cand"]
     y0, y1, x0, x1 = c.box
-    return {"item_id": r["name"].split(":", 1)[1], "position": pnames.index(r["name"]), "candidate": r["candidate"],
+    return {"item_id": r["name"].split(":", 1)[1], "position": r["position"], "candidate": r["candidate"],
             "y0": y0, "y1": y1, "x0": x0, "x1": x1, "area": c.area, "peak": c.peak, "mean": c.mean,
-            "distance": r["distance"], "kept": bool(r["kept"])}
+            "distance": r.get("distance", float("nan")), "kept": bool(r.get("kept", True))}
 
 
 def _gt_mask(mask: Any, image: Image, size: tuple[int, int]) -> np.ndarray:

@@ -279,10 +279,10 @@ def cmd_demo_inspect(args: argparse.Namespace) -> int:
     import shutil
     from pathlib import Path
 
-    from ..inspect.demo import run_demo_inspect
+    from ..inspect.demo import TEXTURES, run_demo_inspect
 
     if args.restart and Path(args.out).is_dir() and (Path(args.out) / "models").is_dir():
-        for t in ("brick", "grass", "gravel"):
+        for t in TEXTURES:
             shutil.rmtree(Path(args.out) / t, ignore_errors=True)
     run_demo_inspect(args.out)
     return 0

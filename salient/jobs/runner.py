@@ -35,7 +35,7 @@ import numpy as np
 
 from ..engine import Engine, Task
 from ..engine.engine import check_executor, scored_task
-from ..engine.tasks import parse_target
+from ..engine.tasks import parse_target, raising
 from ..errors import SalientError
 from ..methods import get_method
 from ..models import Model, load_model
@@ -273,11 +273,6 @@ def _same_item(prev: _Previous, pos: int, entry: Entry) -> None:
             f"{prev.id_of(pos)!r} there (the source changed since the first run); use --restart")
 
 
-def _fail(e: BaseException):
-    raise e
-    yield  # pragma: no cover - makes this a generator
-
-
 def run_plan(plan: Plan, restart: bool = False, progress: bool | None = None,
              echo: Callable[[str], None] | None = None) -> JobSummary:
     """Run (or resume) a planned job; see the module docstring."""
@@ -364,7 +359,7 @@ def _drive(plan: Plan, engine: Engine, store: Store, prev: _Previous, bar: Progr
             for m in left:
                 key = (pos, entry, m)
                 if isinstance(item, BaseException):
-                    yield Task(key, None, _fail(item))
+                    yield Task(key, None, raising(item))
                 else:
                     yield Task(key, item, scored_task(item, model, m.name, m.target, spec.seed, m.params, metrics,
                                                       metric_opts))

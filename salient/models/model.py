@@ -16,6 +16,15 @@ SCORE_KINDS = ("softmax", "logit", "sigmoid")
 OUTPUTS = ("classes", "reconstruction", "embedding")  # what a model's output is (Model.output)
 
 
+def resized(image: Image, size: tuple[int, int]) -> torch.Tensor:
+    """The image's pixels as (C, H, W) at ``size`` (bilinear, antialiased, whole image, aspect ratio not
+    kept: what every model's preprocessing does before normalising), clamped to [0, 1]."""
+    x = torch.from_numpy(image.pixels).permute(2, 0, 1)[None]
+    if tuple(x.shape[-2:]) != tuple(size):
+        x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
+    return x[0].clamp(0.0, 1.0)
+
+
 @dataclass
 class Model:
     """A classifier with its preprocessing, labels and score kind.
@@ -80,11 +89,7 @@ class Model:
 
     def preprocess(self, image: Image | np.ndarray | torch.Tensor | str) -> torch.Tensor:
         """Image -> normalised float32 tensor (C, H, W) at the model's input size."""
-        image = load_image(image)
-        x = torch.from_numpy(image.pixels).permute(2, 0, 1)[None]
-        if tuple(x.shape[-2:]) != tuple(self.input_size):
-            x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=True)
-        return self.normalize(x[0].clamp(0.0, 1.0)).contiguous()
+        return self.normalize(resized(load_image(image), self.input_size)).contiguous()
 
     def preprocess_clip(self, clip: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Frames (a sequence of images, e.g. an array (T, H, W, 3)), each as ``preprocess`` -> (C, T, H, W)."""
