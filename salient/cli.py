@@ -118,11 +118,14 @@ def add_explain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("explain", help="explain images with one method; write PNGs and the store",
                        description="Explain each IMAGE with METHOD; write PNG overlays, OUT/saliency.zarr and "
                                    "OUT/results/, and print one line per map.")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, TIFF, WebP, BMP)")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="image files (JPEG, PNG, TIFF, WebP, BMP), or videos (MP4, WebM, MKV, AVI, MOV): each "
+                        "explained clip by clip into one map along t")
     p.add_argument("--method", required=True, choices=sorted(METHODS), help="the explainer")
-    p.add_argument("--model", default=DEFAULT_MODEL, metavar="SPEC",
-                   help="efficientnet-lite0 (default), torchvision:ARCH?weights=FILE, a TorchScript file, "
-                        "or package.module:callable; options follow '?' as key=value joined by '&'")
+    p.add_argument("--model", metavar="SPEC",
+                   help="efficientnet-lite0 (default; for videos frames:efficientnet-lite0), "
+                        "torchvision:ARCH?weights=FILE, frames:IMAGE-MODEL (an image model over each frame), a "
+                        "TorchScript file, or package.module:callable; options follow '?' as key=value joined by '&'")
     p.add_argument("--target", default="top1", help="top1 (default), topK (one map per class), a class id or a label")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a method parameter (repeatable); dotted keys such as prior.n_masks pass through")
@@ -152,6 +155,13 @@ def add_explain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tile-overlap", type=float, default=0.0, metavar="O", help="tile overlap in [0, 1) (default 0)")
     p.add_argument("--skip-background", action="store_true",
                    help="tile mode: skip near-uniform or mostly white/black tiles (marked in the tile-score map)")
+    p.add_argument("--clip", type=_positive_int,
+                   help="videos: frames per clip (default the model's; sets the frames option of the model)")
+    p.add_argument("--clip-stride", type=_positive_int, help="videos: frames between clip starts (default: the clip)")
+    p.add_argument("--fps", type=float, help="videos: sample frames at this rate (default: every frame)")
+    p.add_argument("--frame-step", type=_positive_int, help="videos: keep every K-th frame (instead of --fps)")
+    p.add_argument("--top-clips", type=_positive_int,
+                   help="videos: explain only the K clips with the highest target score (the others: NaN)")
     p.add_argument("--memory-limit", metavar="SIZE",
                    help="per-worker memory for the batches of inputs at another size than the model's, e.g. 8GB "
                         "(default 8GiB): whole mode lowers such a batch to fit it")
@@ -328,6 +338,26 @@ def check_store(out: Path, restart: bool, mid: str, claims: dict[str, dict[str, 
     check_claims(out, {} if restart and "spec_hash" not in attrs else attrs, mid, None, claims)
 
 
+def video_paths(paths: Sequence[str], args: argparse.Namespace) -> bool:
+    """Whether the inputs are videos (all of them; a mix with images is refused), checking the options that
+    only videos take."""
+    from .io.video import is_video_path
+
+    kinds = {is_video_path(p) for p in paths}
+    if len(kinds) > 1:
+        raise SalientError("explain takes images or videos, not both: run them separately")
+    videos = kinds == {True}
+    given = [f"--{k.replace('_', '-')}" for k in ("clip", "clip_stride", "fps", "frame_step", "top_clips")
+             if getattr(args, k, None) is not None]
+    if given and not videos:
+        raise SalientError(f"{given[0]} applies to videos; the inputs are images")
+    if videos and (args.whole or getattr(args, "tiles", False)):
+        raise SalientError("--whole and --tiles apply to images; videos are explained clip by clip")
+    if getattr(args, "fps", None) is not None and args.frame_step is not None:
+        raise SalientError("give --fps or --frame-step, not both")
+    return videos
+
+
 def plan_explain(args: argparse.Namespace) -> ExplainPlan:
     """The cheap checks first (method, parameters, files, OUT), then the model and the target."""
     method = get_method(args.method)
@@ -338,7 +368,14 @@ def plan_explain(args: argparse.Namespace) -> ExplainPlan:
     check_out(out)
     if getattr(args, "level", None) is not None and not args.whole and not getattr(args, "tiles", False):
         raise SalientError("--level reads a pyramid level of a slide: it needs --whole or --tiles")
-    model = load_model(args.model)
+    videos = video_paths(paths, args)
+    if args.model is None:
+        args.model = f"frames:{DEFAULT_MODEL}" if videos else DEFAULT_MODEL
+    model = load_model(args.model, **({"frames": args.clip} if videos and args.clip is not None else {}))
+    if videos:
+        from .jobs.video import check_clip
+
+        check_clip(model, args.clip)
     method.check_model(checked, model, sized=not args.whole)  # whole mode: each image's own size, when it runs
     target = parse_target(args.target, model)
     label = model.label(target) if isinstance(target, int) else ""
@@ -414,6 +451,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
             raise SalientError("--tiles and --whole exclude each other: choose one mode")
         return explain_tiles_command(plan_explain(args), args)
     plan = plan_explain(args)
+    if video_paths(plan.paths, args):  # videos: clip by clip into one map along t each
+        from .jobs.video_job import explain_videos_command
+
+        return explain_videos_command(plan, args)
     with Engine(plan.model, executor=args.executor, **plan.executor_opts) as eng:
         preflight(eng, plan.paths, plan.method, plan.params, plan.target, args.seed, args.whole, args.level)
         before = eng.summary()

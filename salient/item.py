@@ -10,7 +10,7 @@ import torch
 
 @dataclass
 class Item:
-    """One input: a stable id, the preprocessed tensor (C, H, W), and where it came from."""
+    """One input: a stable id, the preprocessed tensor (C, H, W) (a clip: (C, T, H, W)), and where it came from."""
 
     id: str
     x: torch.Tensor
@@ -20,3 +20,8 @@ class Item:
     @property
     def size(self) -> tuple[int, int]:
         return int(self.x.shape[-2]), int(self.x.shape[-1])
+
+    @property
+    def frames(self) -> int:
+        """T for a clip (C, T, H, W), 0 for an image."""
+        return int(self.x.shape[1]) if self.x.ndim == 4 else 0

@@ -49,3 +49,23 @@ class Slow(Linear):
 
 def slow() -> nn.Module:
     return Slow(n_classes=3, size=32, seed=0)
+
+
+def kill_when_done(proc, meta, progress, at_least: int, seconds: float = 120) -> int:
+    """SIGKILL ``proc`` once ``progress(attributes)`` of the zarr.json at ``meta`` reaches ``at_least``
+    (finished bands of a mosaic or a map along t); returns the progress it was killed at (or reached)."""
+    import json
+    import signal
+
+    t0, done = time.monotonic(), 0
+    while time.monotonic() - t0 < seconds and proc.poll() is None:
+        try:
+            done = progress(json.loads(meta.read_text())["attributes"])
+        except (OSError, ValueError, KeyError):
+            done = 0
+        if done >= at_least:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    proc.wait()
+    return done

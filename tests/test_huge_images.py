@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 import zarr
+from job_toys import kill_when_done
 from slide_toys import CHANNEL_WEIGHTS, spec
 
 import salient
@@ -373,18 +372,7 @@ def test_sigkilled_slide_job_resumes_to_the_undisturbed_result(tmp_path):
     killed = _job(tmp_path, d / "tall.tif", "killed")
     proc = subprocess.Popen([sys.executable, "-c", code, str(killed)], env=env)
     meta = tmp_path / "killed/saliency.zarr/items/tall.tif/occlusion/zarr.json"
-    t0 = time.monotonic()
-    done = 0
-    while time.monotonic() - t0 < 120 and proc.poll() is None:
-        try:
-            done = json.loads(meta.read_text())["attributes"]["salient_mosaic"]["bands"][0]
-        except (OSError, ValueError, KeyError):
-            done = 0
-        if done >= 2:
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.01)
-    proc.wait()
+    done = kill_when_done(proc, meta, lambda a: a["salient_mosaic"]["bands"][0], 2)
     assert 2 <= done < 4, f"killed after {done} of 4 bands"
     subprocess.run([sys.executable, "-c", code, str(killed)], check=True, env=env, timeout=300)
     a = zarr.open_group(tmp_path / "full/saliency.zarr", mode="r")["items/tall.tif/occlusion"]

@@ -155,9 +155,10 @@ class Engine:
         img = load_image(image)
         return Item(item_id or item_id_for(img, index), self.model.preprocess(img), img)
 
-    def run(self, tasks: Iterable[Task], on_progress=None) -> Iterator[tuple[Task, Any]]:
-        """Drive tasks; yields (task, result or exception) as each completes."""
-        sched = Scheduler(self.executor, self.max_live, on_progress)
+    def run(self, tasks: Iterable[Task], on_progress=None, max_live: int | None = None) -> Iterator[tuple[Task, Any]]:
+        """Drive tasks; yields (task, result or exception) as each completes. ``max_live``: tasks alive at
+        once (default the engine's; a driver of large items, e.g. clips, asks for fewer)."""
+        sched = Scheduler(self.executor, max_live or self.max_live, on_progress)
         t0 = time.perf_counter()
         try:
             for task, out in sched.run(tasks):

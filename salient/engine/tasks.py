@@ -61,7 +61,7 @@ def explain_task(item: Item, model: Model, method: str, target: int | tuple[str,
     elif scores is None:
         scores = yield from base_scores(item)
     targets = resolve_targets(target, scores)
-    req = Request(item.id, item.size, targets, scores[list(targets)], seed, int(item.x.shape[0]))
+    req = Request(item.id, item.size, targets, scores[list(targets)], seed, int(item.x.shape[0]), frames=item.frames)
     maps = yield from m.fn(req, **params)
     resolved = dict(getattr(maps, "params", None) or {})  # e.g. the CAM layer actually used (methods.cam.Maps)
     maps = np.asarray(maps, dtype=np.float32)

@@ -138,6 +138,8 @@ def plan_job(spec: JobSpec) -> Plan:
         name = spec.model.name
         if Path(name).suffix and (Path(spec.base_dir) / name).is_file():
             name = str(Path(spec.base_dir) / name)
+        if spec.source_kind == "videos" and spec.source.get("clip") is not None:  # the clip length is the model's
+            options.setdefault("frames", spec.source["clip"])
         model = load_model(name, **options)
     except SalientError as e:
         raise _field_error("model", e) from None
@@ -161,6 +163,13 @@ def plan_job(spec: JobSpec) -> Plan:
     if model.frames and not getattr(source, "clips", False):  # every source kind so far yields still images
         raise SalientError(f"model: {model.name} is a video net (clips of {model.frames} frames); source."
                            f"{spec.source_kind} yields still images: use an image model")
+    if getattr(source, "clips", False):
+        from .video import check_clip
+
+        try:
+            check_clip(model, source.clip)
+        except SalientError as e:
+            raise _field_error("model", e) from None
     try:
         check_executor(spec.executor.kind, model, **spec.executor.options())
     except SalientError as e:
@@ -332,6 +341,11 @@ def _drive(plan: Plan, engine: Engine, store: Store, prev: _Previous, bar: Progr
         from .slide_job import drive_slides
 
         return drive_slides(plan, engine, store, prev, bar, summary, one_line)
+    if getattr(plan.source, "clips", False):  # videos: each video's clips over the engine, one map along t
+        from .slide_job import drive_slides
+        from .video_job import explain_video_into_store
+
+        return drive_slides(plan, engine, store, prev, bar, summary, one_line, explain_video_into_store)
     spec, model = plan.spec, plan.model
     metrics = tuple(spec.metrics.kinds)
     metric_opts = {"step": spec.metrics.step, "substrate": spec.metrics.substrate, "tolerance": spec.metrics.tolerance}

@@ -106,8 +106,6 @@ def map_line(path: str, run: TileRun) -> str:
 def explain_tiles_command(plan: Any, args: Any, echo: Callable[[str], None] = print) -> int:
     """``salient explain --tiles``: every path of ``plan`` (an ExplainPlan of the CLI) into the store
     and overlays; every bad input (format, level, tile, overlap) is refused before any work."""
-    from ..store import Store, read_results
-
     opts = TileOptions(args.tile, args.tile_overlap, args.level, args.skip_background)
     target = args.target
     for p in plan.paths:  # before any work: every slide opens, its level exists, the tiles fit
@@ -115,6 +113,21 @@ def explain_tiles_command(plan: Any, args: Any, echo: Callable[[str], None] = pr
             check_tiles(slide, plan.model, opts.tile, opts.overlap, opts.level)
     if isinstance(plan.target, tuple) and plan.target[1] != 1:
         raise SalientError(f"--tiles explains one target per slide: use top1, a class id or a label, not {target!r}")
+    return explain_paths_command(
+        plan, args, opts, explain_into_store, map_line,
+        lambda path, run: save_slide_overlays(plan.out / "overlays", Path(path).stem, plan.out, path,
+                                              plan.method.name, path), echo)
+
+
+def explain_paths_command(plan: Any, args: Any, opts: Any, explain_into: Callable[..., Any],
+                          line: Callable[[str, Any], str], outputs: Callable[[str, Any], Any],
+                          echo: Callable[[str], None] = print) -> int:
+    """The loop of ``salient explain --tiles`` and of ``salient explain VIDEO...``: each path of ``plan``
+    explained into the store by ``explain_into`` (:func:`explain_into_store`'s arguments) at its row (the
+    next rows for new paths, in the order given), one ``line(path, run)`` each, a SalientError an
+    ``error`` row (exit status 2), then ``outputs(path, run)`` once the table is flushed."""
+    from ..store import Store, read_results
+
     status = 0
     with Engine(plan.model, executor=args.executor, **plan.executor_opts) as eng, \
             Store(plan.out, plan.model_id, {"command": "explain", "model": args.model}, methods=plan.claims) as store:
@@ -127,25 +140,28 @@ def explain_tiles_command(plan: Any, args: Any, echo: Callable[[str], None] = pr
             if path not in known:
                 known[path], nxt = nxt, nxt + 1
             try:
-                run = explain_into_store(eng, store, path, path, plan.method.name, target, args.seed, checked, opts,
-                                         position=known[path])
+                run = explain_into(eng, store, path, path, plan.method.name, args.target, args.seed, checked, opts,
+                                   position=known[path])
             except SalientError as e:
                 status = status or 2
                 store.add_error(path, path, plan.method.name, str(e), position=known[path])
                 echo(f"salient: error: {path}: {' '.join(str(e).split())}")
                 continue
-            echo(map_line(path, run))
-            done.append(path)
+            echo(line(path, run))
+            done.append((path, run))
         store.flush()
-        for path in done:
-            save_slide_overlays(plan.out / "overlays", Path(path).stem, plan.out, path, plan.method.name, path)
+        for path, run in done:
+            outputs(path, run)
     return status
 
 
 def drive_slides(plan: Any, engine: Engine, store: Any, prev: Any, bar: Any, summary: Any,
-                 one_line: Callable[[BaseException], str]) -> None:
+                 one_line: Callable[[BaseException], str], explain_into: Callable[..., Any] | None = None) -> None:
     """The job runner's loop for a tiled source: slide by slide, method by method, each slide's tiles
-    over every worker; a failed slide is an ``error`` row and the job goes on."""
+    over every worker; a failed slide is an ``error`` row and the job goes on. ``explain_into``: what
+    explains one entry into the store (default :func:`explain_into_store`; a video source's is
+    :func:`salient.jobs.video_job.explain_video_into_store`, with the same arguments)."""
+    explain_into = explain_into or explain_into_store
     spec, source = plan.spec, plan.source
     opts = source.options
     for pos, entry in enumerate(source.entries()):
@@ -162,8 +178,8 @@ def drive_slides(plan: Any, engine: Engine, store: Any, prev: Any, bar: Any, sum
         for m in left:
             n0 = engine.n_forward
             try:
-                explain_into_store(engine, store, entry.path, entry.id, m.name, m.target_spec, spec.seed, m.params,
-                                   opts, position=pos, key=spec.spec_hash())
+                explain_into(engine, store, entry.path, entry.id, m.name, m.target_spec, spec.seed, m.params,
+                             opts, position=pos, key=spec.spec_hash())
             except Exception as e:  # noqa: BLE001 - the slide's error row; the job goes on
                 error = True
                 store.add_error(entry.id, entry.path, m.name, one_line(e), position=pos,

@@ -36,7 +36,10 @@ from ..methods import get_method
 from ..methods.metric import METRICS
 from ..models.loader import OPTION_KEYS
 from ..store.schema import COMPRESSORS
-from . import slide_source  # noqa: F401 - registers the "slides" source kind (tile mode)
+from . import (
+    slide_source,  # noqa: F401 - registers the "slides" source kind (tile mode)
+    video_source,  # noqa: F401 - registers the "videos" source kind (clips along t)
+)
 from .sources import SOURCE_KINDS
 
 # Fields whose change changes the results: a store refuses to mix runs that differ in them.

@@ -286,8 +286,23 @@ class ArraySink:
         self.y += len(rows)
 
 
+class PieceCounts:
+    """The counts of a run whose ``status`` marks each piece (a tile, a clip): 0 explained, 1 skipped,
+    2 failed."""
+
+    status: np.ndarray
+
+    @property
+    def skipped(self) -> int:
+        return int((self.status == 1).sum())
+
+    @property
+    def failed(self) -> int:
+        return int((self.status == 2).sum())
+
+
 @dataclass
-class TileRun:
+class TileRun(PieceCounts):
     """What :func:`explain_tiles` did for one image and method."""
 
     image_id: str
@@ -307,14 +322,6 @@ class TileRun:
     @property
     def n_tiles(self) -> int:
         return self.grid.n
-
-    @property
-    def skipped(self) -> int:
-        return int((self.status == 1).sum())
-
-    @property
-    def failed(self) -> int:
-        return int((self.status == 2).sum())
 
 
 @dataclass
@@ -467,7 +474,7 @@ class _Driver:
         def make(item: Item) -> Any:
             r, c = item.meta["tile"]
             known = None if np.isnan(scores[r, c, 0]) else scores[r, c]
-            return _tile_task(item, self.model, method, target, seed, params, known)
+            return scores_and_explain(item, self.model, method, target, seed, params, known)
 
         todo = [(r, c) for r, c in cells[self.first * grid.cols :] if self.status[r, c] == 0]
         size = tuple(self.model.input_size)
@@ -485,8 +492,10 @@ class _Driver:
         return target
 
 
-def _tile_task(item: Item, model: Any, method: str, target: int, seed: int, params: dict, scores: np.ndarray | None):
-    """Generator: the tile's scores (one query unless known) and its explanation, -> (scores, [Saliency])."""
+def scores_and_explain(item: Item, model: Any, method: str, target: int, seed: int, params: dict,
+                       scores: np.ndarray | None):
+    """Generator: an item's scores (one query unless known) and its explanation, -> (scores, [Saliency])
+    (a tile of tile mode, a clip of a long video)."""
     if scores is None:
         scores = yield from base_scores(item)
     results = yield from explain_task(item, model, method, target, seed, params, scores=scores)

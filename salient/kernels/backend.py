@@ -7,6 +7,9 @@ operations:
 
 - ``rise_masks(seed, draw, n, cells, p, size, device, start, stop, out)``: RISE masks into ``out``;
 - ``rise_weighted_sum(seed, draw, n, cells, p, size, weights, start)``: Σ_i w_i·M_i without masks;
+- ``rise_masks_3d(seed, draw, n, cells, cells_t, p, shape, device, start, stop, out)``,
+  ``rise_weighted_sum_3d(seed, draw, n, cells, cells_t, p, shape, weights, start)``: the same for clips'
+  space-time masks (T, H, W);
 - ``paste_boxes(out, base, inner, boxes)``: ``base`` with one box of ``inner`` per input;
 - ``fill_tensor(kind, x, black)``, ``blend_terms(x, fill, out)``, ``blend_into(out, x, fill, keep)``,
   ``blend_over(out, fill, diff)``, ``is_channels_last(out)``: substrates and in-place blends.
@@ -27,6 +30,8 @@ class TorchKernels:
     name = "torch"
     rise_masks = staticmethod(torch_kernels.rise_masks)
     rise_weighted_sum = staticmethod(torch_kernels.rise_weighted_sum)
+    rise_masks_3d = staticmethod(torch_kernels.rise_masks_3d)
+    rise_weighted_sum_3d = staticmethod(torch_kernels.rise_weighted_sum_3d)
     paste_boxes = staticmethod(torch_kernels.paste_boxes)
     fill_tensor = staticmethod(torch_kernels.fill_tensor)
     blend_terms = staticmethod(torch_kernels.blend_terms)

@@ -33,6 +33,12 @@ class Request:
     seed: int = 0
     channels: int = 3
     extra: dict[str, Any] = field(default_factory=dict)
+    frames: int = 0  # > 0: the item is a clip (C, frames, H, W); its maps are (frames, H, W)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The full shape of one map: (T, H, W) for a clip, (H, W) for an image."""
+        return (self.frames, *self.size) if self.frames else tuple(self.size)
 
 
 @dataclass(frozen=True)
@@ -94,12 +100,12 @@ class Method:
             raise SalientError(f"{self.name} {prefix}.*: {e}") from None
         return {f"{prefix}.{k}": v for k, v in checked.items()}
 
-    def check_values(self, params: dict[str, Any], size: tuple[int, int], channels: int = 3) -> None:
+    def check_values(self, params: dict[str, Any], size: tuple[int, int], channels: int = 3, frames: int = 0) -> None:
         """Run the generator on a stand-in request (class 0, zero base score) up to its first queries
         and close it: bad values (p = 0, a window larger than the input) raise their SalientError
         before any work, instead of once per item. ``params`` are checked ones (``check_params``);
         errors other than SalientError (a method needing more of the request) are not this check's."""
-        req = Request("check", tuple(size), (0,), np.zeros(1, dtype=np.float32), 0, channels)
+        req = Request("check", tuple(size), (0,), np.zeros(1, dtype=np.float32), 0, channels, frames=frames)
         try:
             first_queries(self.fn(req, **params))
         except SalientError:
@@ -118,7 +124,7 @@ class Method:
             raise SalientError(f"{self.name} explains models whose output is {self.output}; {model.name}'s is "
                                f"{output}" + (" (use method recon)" if output == "reconstruction" else ""))
         if sized:
-            self.check_values(params, tuple(model.input_size), model.channels)
+            self.check_values(params, tuple(model.input_size), model.channels, getattr(model, "frames", 0))
         if self.check is not None:
             try:
                 self.check(params, model)

@@ -1,5 +1,6 @@
 """BOREx (Kikuchi, Uchida, Waga, Suenaga; ACCV 2022): refine any saliency map with Bayesian
-optimisation; and GP saliency without a prior (Mokuwe et al. 2020), method ``gp``.
+optimisation; and GP saliency without a prior (Mokuwe et al. 2020), method ``gp``. On a clip
+(``req.frames`` > 0) both run in space and time, BOREx-3D / GP-3D, as :mod:`.borex3d` states.
 
 The algorithm of the authors' code (SoftwareFoundationGroupAtKyotoU/BOREx), with their defaults,
 stated for a 224 x 224 input (ALGORITHMS.md):
@@ -73,6 +74,8 @@ from ..queries import BoxQuery
 from ..saliency import Maps, Saliency
 from .base import Request, get_method, register
 from .bo import F64, Posterior, StateGrid, fit_lengthscales, mean_grid, one_thread, ucb_argmax
+from .bo.observe import observe
+from .borex3d import ClipGeometry, ClipMember, refine_clip
 from .drive import drive, drive_overlapped, lockstep
 
 REF_SIDE = 224
@@ -98,6 +101,10 @@ class Options:
     refit_every: int
     warm_start: bool
     fill: Any
+    durations: tuple = ()  # clips only (BOREx-3D, :mod:`.borex3d`)
+    clip_stride: int = 0
+    lengthscale_t: tuple = (12.0, 10.0)
+    jitter_t: tuple = (1.0, 0.5)
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
@@ -114,6 +121,13 @@ class Options:
              f"lengthscale must be 3 values within bounds {self.bounds}, got {self.lengthscale}")
         need(self.noise > 0 and self.magnification > 0 and self.kappa >= 0 and self.gain >= 0,
              "noise and magnification must be > 0, kappa and gain >= 0")
+        need(all(d >= 1 and d == int(d) for d in self.durations),
+             f"durations must be whole numbers of frames >= 1, got {self.durations}")
+        need(int(self.clip_stride) >= 0, f"clip_stride must be >= 0 (0: automatic), got {self.clip_stride}")
+        need(len(self.jitter_t) == 2 and min(self.jitter_t) >= 0,
+             f"jitter_t must be 2 values >= 0, got {self.jitter_t}")
+        need(len(self.lengthscale_t) == 2 and all(self.bounds[0] <= v <= self.bounds[1] for v in self.lengthscale_t),
+             f"lengthscale_t must be 2 values within bounds {self.bounds}, got {self.lengthscale_t}")
         try:
             object.__setattr__(self, "fill", check_fill(self.fill))
         except ValueError as e:
@@ -125,16 +139,22 @@ def borex(
     req: Request, prior: Any = "rise", iterations: int = 50, sizes: tuple = SIZES, kappa: float = 10.0,
     gain: float = 5.0, jitter: tuple = (1.0, 1.0, 0.5), lengthscale: tuple = (12.0, 12.0, 10.0),
     bounds: tuple = (1.0, 20.0), noise: float = 0.01, magnification: float = 0.1, q: int = 1, stride: int = 1,
-    refit_every: int = 1, warm_start: bool = True, fill: str = "zero", **prior_params: Any,
+    refit_every: int = 1, warm_start: bool = True, fill: str = "zero", durations: tuple = (), clip_stride: int = 0,
+    lengthscale_t: tuple = (12.0, 10.0), jitter_t: tuple = (1.0, 0.5), **prior_params: Any,
 ):
     """BOREx: refine a prior map by Bayesian optimisation of keep/delete box scores (2 passes per state).
 
     ``prior``: a registered method's name (its parameters as ``prior.<name>``; RISE defaults to the
     authors' 100 masks, 8 cells, p = 0.3), or a map (H, W) / (T, H, W) (numpy, torch, Saliency).
     Costs the prior's passes plus 2·q·iterations. See the module docstring for the algorithm. The map is
-    signed, not diverging: higher means more salient, but its sign does not mean support vs opposition."""
+    signed, not diverging: higher means more salient, but its sign does not mean support vs opposition.
+    On a clip (BOREx-3D, :mod:`.borex3d`; maps (T, H, W)): states (t, r, c, m, τ) with τ from ``durations``
+    (frames; () = {max(1, ⌊T/8⌋), max(1, ⌊T/4⌋)}), candidates every ``clip_stride`` pixels (0 = max(1,
+    round(min(H, W) / 28))) in every frame, ``lengthscale_t`` (ℓ_t, ℓ_τ) = (12, 10) and ``jitter_t``
+    (1, 0.5) for the time axes; ``stride`` is the images' (refused on a clip). The prior may be (T, H, W) or (H, W)."""
     opts = Options(iterations, tuple(sizes), kappa, gain, tuple(jitter), tuple(lengthscale), tuple(bounds), noise,
-                   magnification, q, stride, refit_every, warm_start, fill)
+                   magnification, q, stride, refit_every, warm_start, fill, tuple(durations), clip_stride,
+                   tuple(lengthscale_t), tuple(jitter_t))
     (maps,) = yield from _refine([req], [prior], _prior_params(prior, prior_params), opts)
     return maps
 
@@ -144,14 +164,17 @@ def gp(
     req: Request, iterations: int = 50, sizes: tuple = SIZES, kappa: float = 10.0, gain: float = 5.0,
     jitter: tuple = (1.0, 1.0, 0.5), lengthscale: tuple = (12.0, 12.0, 10.0), bounds: tuple = (1.0, 20.0),
     noise: float = 0.01, q: int = 1, stride: int = 1, refit_every: int = 1, warm_start: bool = True,
-    fill: str = "zero",
+    fill: str = "zero", durations: tuple = (), clip_stride: int = 0, lengthscale_t: tuple = (12.0, 10.0),
+    jitter_t: tuple = (1.0, 0.5),
 ):
     """GP saliency (Mokuwe et al. 2020): BOREx with a zero prior, starting at the centre.
 
     The map is signed, not diverging, as BOREx's: higher means more salient, but its sign does not mean
-    support vs opposition."""
+    support vs opposition. On a clip: GP-3D (maps (T, H, W), first state at the clip's centre; the clip
+    parameters as borex's)."""
     opts = Options(iterations, tuple(sizes), kappa, gain, tuple(jitter), tuple(lengthscale), tuple(bounds), noise,
-                   1.0, q, stride, refit_every, warm_start, fill)
+                   1.0, q, stride, refit_every, warm_start, fill, tuple(durations), clip_stride, tuple(lengthscale_t),
+                   tuple(jitter_t))
     (maps,) = yield from _refine([req], [None], {}, opts)
     return maps
 
@@ -221,13 +244,15 @@ def prior_maps(req: Request, value: Any) -> np.ndarray:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
         raise SalientError(f"borex: prior must be a method name or a map, got {type(value).__name__}") from None
-    t = len(req.targets)
-    if arr.ndim == 3 and arr.shape[0] == 1:
+    t, shape = len(req.targets), tuple(req.shape)
+    if arr.ndim == len(shape) + 1 and arr.shape[0] == 1:
         arr = arr[0]
-    if arr.shape == tuple(req.size):
-        arr = np.broadcast_to(arr, (t, *req.size))
-    if arr.shape != (t, *req.size):
-        raise SalientError(f"borex: prior of shape {arr.shape} does not match the input {tuple(req.size)} "
+    if req.frames and arr.shape == tuple(req.size):  # a 2-D prior on a clip: the same map in every frame
+        arr = np.broadcast_to(arr, shape)
+    if arr.shape == shape:
+        arr = np.broadcast_to(arr, (t, *shape))
+    if arr.shape != (t, *shape):
+        raise SalientError(f"borex: prior of shape {arr.shape} does not match the input {shape} "
                            f"({t} target(s))")
     if not np.isfinite(arr).all():
         raise SalientError("borex: the prior has NaN or infinite values")
@@ -240,12 +265,12 @@ def normalise_prior(p: np.ndarray, magnification: float = 0.1) -> np.ndarray:
     return p * (magnification / scale) if scale > 0 else np.zeros_like(p)
 
 
-def first_state(p: np.ndarray) -> tuple[int, int]:
-    """The first (row, col): the prior's first maximum in row-major order; the centre if P is constant."""
+def first_state(p: np.ndarray) -> tuple[int, ...]:
+    """The first (row, col) ((frame, row, col) on a clip): the prior's first maximum in row-major order;
+    the centre if P is constant."""
     if p.max() == p.min():
-        return p.shape[0] // 2, p.shape[1] // 2
-    r, c = np.unravel_index(int(np.argmax(p)), p.shape)
-    return int(r), int(c)
+        return tuple(s // 2 for s in p.shape)
+    return tuple(int(v) for v in np.unravel_index(int(np.argmax(p)), p.shape))
 
 
 @dataclass
@@ -300,15 +325,9 @@ def _refine(reqs: list[Request], priors: list[Any], prior_params: dict[str, Any]
     names = {i: p for i, p in enumerate(priors) if isinstance(p, str)}
     gens = {i: get_method(p).fn(reqs[i], **prior_params) for i, p in names.items()}
     computed = dict(zip(gens, (yield from lockstep(list(gens.values()))), strict=True))
-    geos: dict[tuple[int, int], Geometry] = {}
-    members: list[Member] = []
-    for i, req in enumerate(reqs):
-        raw = (np.zeros((len(req.targets), *req.size)) if priors[i] is None
-               else prior_maps(req, computed[i] if i in computed else priors[i]))
-        geo = geos.setdefault(tuple(req.size), Geometry.of(req.size, opts))
-        for t in range(len(req.targets)):
-            p = normalise_prior(raw[t], opts.magnification)
-            members.append(Member(i, t, p, geo, np.random.default_rng([int(req.seed) % 2**63, t])))
+    if any(r.frames for r in reqs):
+        return (yield from _refine_clips(reqs, priors, computed, prior_params, opts))
+    members: list[Member] = _members(reqs, priors, computed, opts, lambda req: Geometry.of(req.size, opts), Member)
     ls0 = torch.tensor([opts.lengthscale] * len(members), dtype=F64)
     ls = ls0.clone()
     groups = _groups(members)
@@ -324,20 +343,7 @@ def _refine(reqs: list[Request], priors: list[Any], prior_params: dict[str, Any]
                         for mode in ("keep", "delete")]
         results = yield queries
         with one_thread():
-            for j, (m, (states, recorded)) in enumerate(zip(members, plan, strict=True)):
-                delta = results[2 * j][:, 0].astype(np.float64) - results[2 * j + 1][:, 0].astype(np.float64)
-                score = np.tanh(opts.gain * delta) if opts.gain > 0 else delta
-                m.x += recorded
-                if trace is not None:
-                    trace += [(it, j, st, rec) for st, rec in zip(states, recorded, strict=True)]
-                m.y += [s - m.prior[r, c] for s, (r, c, _) in zip(score, states, strict=True)]
-            x = torch.tensor(np.array([m.x for m in members]), dtype=F64)
-            y = torch.tensor(np.array([m.y for m in members]), dtype=F64)
-            if it % opts.refit_every == 0 or it == opts.iterations:
-                ls, _ = fit_lengthscales(x, y, opts.noise, ls if opts.warm_start else ls0, opts.bounds)
-            post = Posterior.fit(x, y, ls, opts.noise)
-            for b, m in enumerate(members):
-                m.post = post.member(b)
+            ls, post = observe(members, plan, results, opts, it, ls, ls0, trace, fit_lengthscales)
             if it < opts.iterations:
                 plan = [None] * len(members)
                 for idx, grid, prior, pyramid in groups:
@@ -350,6 +356,41 @@ def _refine(reqs: list[Request], priors: list[Any], prior_params: dict[str, Any]
             out[m.req][m.t] = final_map(m.post, m.prior, m.geo)
     return [Maps(o, _record(priors[i], prior_params, [m for m in members if m.req == i]))
             for i, o in enumerate(out)]
+
+
+def _refine_clips(reqs: list[Request], priors: list[Any], computed: dict[int, Any], prior_params: dict[str, Any],
+                  opts: Options):
+    """Generator: BOREx-3D / GP-3D (:mod:`.borex3d`) for requests that are all clips; returns Maps per request."""
+    if not all(r.frames for r in reqs):
+        raise SalientError("borex: one batch cannot mix clips and images")
+    if opts.stride != 1:
+        raise SalientError(f"borex: stride is the images' candidate stride; on a clip use clip_stride, got stride "
+                           f"{opts.stride}")
+    members = _members(reqs, priors, computed, opts, lambda req: ClipGeometry.of(req.shape, opts),
+                       lambda i, t, p, geo, rng: ClipMember(i, t, p, first_state(p), geo, rng))
+    out = yield from refine_clip(reqs, members, opts)
+    recs = []
+    for i, o in enumerate(out):
+        mine = [m for m in members if m.req == i]
+        rec = _record(priors[i], prior_params, mine)
+        recs.append(Maps(o, {**rec, "durations": list(mine[0].geo.dur), "clip_stride": mine[0].geo.stride}))
+    return recs
+
+
+def _members(reqs: list[Request], priors: list[Any], computed: dict[int, Any], opts: Options,
+             geometry: Callable[[Request], Any], member: Callable[..., Any]) -> list:
+    """One member per (request, target): ``member(request index, target index, normalised prior, geometry,
+    random stream seeded by (request seed, target index))``; one ``geometry(request)`` per input shape."""
+    geos: dict[tuple[int, ...], Any] = {}
+    members = []
+    for i, req in enumerate(reqs):
+        raw = (np.zeros((len(req.targets), *req.shape)) if priors[i] is None
+               else prior_maps(req, computed[i] if i in computed else priors[i]))
+        geo = geos.setdefault(tuple(req.shape), geometry(req))
+        for t in range(len(req.targets)):
+            p = normalise_prior(raw[t], opts.magnification)
+            members.append(member(i, t, p, geo, np.random.default_rng([int(req.seed) % 2**63, t])))
+    return members
 
 
 def _groups(members: list[Member]) -> list[tuple[torch.Tensor, StateGrid, torch.Tensor, dict]]:

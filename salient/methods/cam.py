@@ -6,7 +6,8 @@ target. A^k are the target layer's activations, g = ∂y_c/∂A with y_c the RAW
 - Grad-CAM++: α = g² / (2g² + (Σ_ab A^k_ab)·g³ + 1e-6), α = 0 where g = 0, w_k = Σ_ij ReLU(g^k_ij)·α^k_ij;
 - map = minmax(ReLU(resize(minmax(ReLU(Σ_k w_k A^k))))), minmax(m) = (m − min) / (1e-7 + max(m − min)).
 The resize is bilinear (half-pixel centres, as cv2.resize) to the input's (H, W). Video nets
-(5-D activations (N, C, T, H, W)): means and sums run over (t, i, j) and the resize to the clip's
+(5-D activations (N, C, T, H, W); a ``frames:`` model's image-net activations folded to clips, see
+:mod:`salient.methods.cam_layers`): means and sums run over (t, i, j) and the resize to the clip's
 (T, H, W) is pytorch-grad-cam's: scipy.ndimage.zoom with its defaults (cubic spline, corner-aligned),
 not trilinear (it overshoots, hence the second ReLU). The outer ReLU and minmax are pytorch-grad-cam's
 multi-layer aggregation step, kept so that maps agree to float precision. Layers: see :mod:`salient.methods.cam_layers`.
@@ -25,7 +26,7 @@ from ..errors import ItemError
 from ..queries import ItemContext, WhiteBoxQuery
 from ..saliency import Maps
 from .base import Request, register
-from .cam_layers import capture, check_layer, model_input, resolve_layer
+from .cam_layers import capture, check_layer, folded, model_input, resolve_layer
 
 EPS_PLUSPLUS = 1e-6
 EPS_MINMAX = 1e-7
@@ -118,8 +119,8 @@ class GradCamQuery(WhiteBoxQuery):
                 if g is None:
                     raise ItemError(f"{self.kind}: the logit of class {t} does not depend on layer "
                                     f"{layer.label!r} (no gradient path)")
-                grads.append(g[0])
-        acts = act[0].detach().float()
+                grads.append(folded(module, g)[0])
+        acts = folded(module, act)[0].detach().float()
         weights = WEIGHTS[self.kind](acts, torch.stack(grads).float())
         return (layer.label, cam_maps(weights, acts, tuple(ctx.x.shape[1:]), self.normalize)), 1
 

@@ -8,6 +8,11 @@ output, in execution order, that has spatial dimensions: a tensor (N, C, H, W) o
 with H·W > 1. Resolution runs one hooked forward pass per (module, input shape), cached.
 Errors are :class:`~salient.errors.ItemError` (raised on the worker, reported per item); a spec that
 cannot resolve on the model at all is refused before any work by :func:`check_layer`.
+A wrapper module may name its layers by another module's paths and reshape their outputs: an attribute
+``layers_module`` (the module whose submodules are the layers; default the module itself) and a method
+``fold_activation(a)`` (a layer's output as the activations the CAM rule sees; default unchanged). The
+``frames:`` models (:mod:`salient.models.frames`) use both: the image net's layer names, outputs over the
+N·T frames folded to clips (N, C, T, h, w). See :func:`layers_of` and :func:`folded`.
 """
 
 from __future__ import annotations
@@ -64,6 +69,17 @@ def model_input(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x.contiguous()
 
 
+def layers_of(module: nn.Module) -> nn.Module:
+    """The module whose named submodules are ``module``'s target layers (``layers_module``, else itself)."""
+    return getattr(module, "layers_module", module)
+
+
+def folded(module: nn.Module, a: torch.Tensor) -> torch.Tensor:
+    """A hooked layer output (or its gradient) as the CAM rule's activations (``fold_activation``, else ``a``)."""
+    fold = getattr(module, "fold_activation", None)
+    return fold(a) if fold is not None else a
+
+
 def trace(module: nn.Module, x: torch.Tensor) -> list[Firing]:
     """Every module call of one forward pass on ``x`` (a batch), in execution order; cached."""
     if isinstance(module, torch.jit.ScriptModule):
@@ -83,7 +99,7 @@ def trace(module: nn.Module, x: torch.Tensor) -> list[Firing]:
 
         return fn
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in module.named_modules() if n]
+    handles = [m.register_forward_hook(hook(n)) for n, m in layers_of(module).named_modules() if n]
     try:
         with torch.inference_mode():
             module(x)
@@ -127,7 +143,7 @@ def resolve_layer(module: nn.Module, spec: str, x: torch.Tensor) -> Layer:
         f = spatial[-1]
         return _layer(module, f.name, f.call, firings)
     name, _, call_s = spec.partition("@")
-    modules = dict(module.named_modules())
+    modules = dict(layers_of(module).named_modules())
     if name not in modules or not name:
         close = difflib.get_close_matches(name, [n for n in modules if n], n=3, cutoff=0.6)
         hint = f"did you mean {', '.join(close)}? " if close else ""
@@ -175,7 +191,7 @@ def check_layer(params: dict, model) -> None:
 
 def _layer(module: nn.Module, name: str, call: int, firings: list[Firing]) -> Layer:
     calls = sum(f.name == name for f in firings)
-    return Layer(name, call, calls, module.get_submodule(name))
+    return Layer(name, call, calls, layers_of(module).get_submodule(name))
 
 
 @contextmanager

@@ -26,7 +26,7 @@ from ..queries import ItemContext, Query, WhiteBoxQuery
 from ..saliency import Maps
 from .base import Request, register
 from .cam import cam_maps
-from .cam_layers import capture, check_layer, model_input, resolve_layer
+from .cam_layers import capture, check_layer, folded, model_input, resolve_layer
 
 EPS_MASK = 1e-8
 
@@ -42,7 +42,7 @@ class ActivationQuery(WhiteBoxQuery):
         layer = resolve_layer(module, self.layer, x)
         with torch.inference_mode(), capture(layer, grad=False) as box:
             module(x)
-        act = box["act"][0].float().cpu().numpy().copy()
+        act = folded(module, box["act"])[0].float().cpu().numpy().copy()
         return (layer.label, act, tuple(ctx.x.shape[1:])), 1
 
 

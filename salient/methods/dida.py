@@ -7,12 +7,14 @@ import math
 import numpy as np
 
 from ..errors import SalientError
-from ..kernels import check_fill, grid_cells
+from ..kernels import check_fill, grid_cells, space_time_cells, time_segments
 from ..queries import BoxQuery
 from .base import Request, register
+from .spacetime import clip_only, frame_count, on_clip
 
 DIDA_GRIDS = (7, 9, 11, 13, 15, 17, 19, 21)
 DIDA_WEIGHTS = (0.044, 0.067, 0.085, 0.105, 0.130, 0.156, 0.188, 0.225)
+SEGMENTS = 4  # DiDA-3D's temporal segments by default (at most the clip's frames)
 
 
 def paint_cells(size: tuple[int, int], g: int, values: np.ndarray) -> np.ndarray:
@@ -28,13 +30,20 @@ def paint_cells(size: tuple[int, int], g: int, values: np.ndarray) -> np.ndarray
 
 @register("dida", signed=True)
 def dida(req: Request, grids: tuple = DIDA_GRIDS, weights: tuple = DIDA_WEIGHTS, fill: str = "black",
-         chunk: int = 4):
+         chunk: int = 4, segments: int | None = None):
     """DiDA: D = Σ_g w_g · D_g, D_g painting d_ij = f_k(I) − f_k(I with cell (i, j) filled black)
     on cell (i, j) of a g x g grid. Positive: the cell supports class k; negative: it argues against.
     Cost: 1 + Σ g² forward passes (1737 at the defaults). The cells of all grids are asked for in
     queries of ``chunk`` cells: the engine packs small queries into whole batches of any size, so
     only the last query can leave padded rows, and 4 keeps every worker busy to an image's end (a
-    worker's last unit of work is at most a few cells)."""
+    worker's last unit of work is at most a few cells).
+
+    On a clip (C, T, H, W), DiDA-3D: every cell (i, j) of every grid g is combined with each of n =
+    ``segments`` temporal segments (segment s spans frames floor(s·T/n) .. floor((s+1)·T/n) − 1); d_sij =
+    f_k(I) − f_k(I with the space-time cell (s, i, j) filled) is painted on that cell's voxels: D_g, and D =
+    Σ_g w_g · D_g with the same weights per spatial grid, signed, a (targets, T, H, W) map. ``segments``:
+    an integer in [1, T], default (None) min(4, T); clips only (an error on an image). Cost: 1 + n·Σ g²
+    forward passes."""
     grids = tuple(int(g) for g in grids)
     weights = tuple(float(w) for w in weights)
     if not grids or len(grids) != len(weights):
@@ -46,13 +55,23 @@ def dida(req: Request, grids: tuple = DIDA_GRIDS, weights: tuple = DIDA_WEIGHTS,
     if chunk < 1:
         raise SalientError("dida: chunk must be >= 1")
     fill = check_fill(fill, "dida: fill")
-    cells = np.concatenate([grid_cells(req.size, g) for g in grids])
+    clip_only(req, "dida", segments=segments)
+    spans = time_segments(req.frames, frame_count("dida", "segments", segments, SEGMENTS, req.frames)) \
+        if req.frames else None
+    per_grid = [grid_cells(req.size, g) for g in grids]
+    if spans is not None:  # segment-major within a grid: cell (s, i, j) is row s·g² + i·g + j
+        per_grid = [space_time_cells(spans, c) for c in per_grid]
+    cells = np.concatenate(per_grid)
     results = yield [BoxQuery(req.item, req.targets, boxes=tuple(map(tuple, cells[i : i + chunk].tolist())),
                               mode="delete", fill=fill) for i in range(0, len(cells), chunk)]
-    d = req.base[None, :].astype(np.float64) - np.concatenate(results)  # (Σ g², T)
-    out = np.zeros((len(req.targets), *req.size), dtype=np.float64)
+    d = req.base[None, :].astype(np.float64) - np.concatenate(results)  # (Σ g², T) (n·Σ g² on a clip)
+    out = np.zeros((len(req.targets), *req.shape), dtype=np.float64)
     start = 0
-    for g, w in zip(grids, weights, strict=True):
-        out += w * paint_cells(req.size, g, d[start : start + g * g])
-        start += g * g
-    return out.astype(np.float32)
+    for g, w, rows in zip(grids, weights, per_grid, strict=True):
+        if spans is None:
+            out += w * paint_cells(req.size, g, d[start : start + g * g])
+        else:
+            for k, (t0, t1) in enumerate(spans.tolist()):
+                out[:, t0:t1] += w * paint_cells(req.size, g, d[start + k * g * g : start + (k + 1) * g * g])[:, None]
+        start += len(rows)
+    return on_clip(req, out, segments=None if spans is None else len(spans))

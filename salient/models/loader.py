@@ -6,7 +6,10 @@ keyword arguments):
 - ``torchvision:<arch>`` with ``weights=<local file>`` (loaded with ``weights_only=True``); without
   weights the network keeps its (seeded, ``seed=``) random initialisation;
 - a TorchScript file (``*.pt``, ``*.pth``, ``*.ts``, ``*.torchscript``);
-- ``package.module:callable`` returning an ``nn.Module``.
+- ``package.module:callable`` returning an ``nn.Module``;
+- ``frames:<image model spec>``: any image classifier above lifted to clips, the clip's score being the
+  mean of its frames' scores (:mod:`salient.models.frames`); ``frames`` (default 16) sets T, every other
+  option goes to the image model, e.g. ``frames:torchvision:resnet18?weights=r18.pth&frames=8``.
 Options: ``weights``, ``score`` (softmax | logit | sigmoid), ``input_size`` (e.g. 224 or 224x320),
 ``mean`` and ``std`` (comma-separated), ``seed``, ``frames`` (> 0: a video net taking clips
 (C, frames, H, W); torchvision's video architectures default to 16 frames of 112 x 112, Kinetics
@@ -30,6 +33,8 @@ from torch import nn
 
 from ..errors import SalientError, short_repr
 from .efficientnet import efficientnet_lite0
+from .frames import PREFIX as FRAMES_PREFIX
+from .frames import lift_spec
 from .labels import default_labels
 from .model import Model
 
@@ -224,6 +229,8 @@ def load_model(spec: str | nn.Module | Model = "efficientnet-lite0", **options: 
     opts: dict[str, Any] = {}
     if isinstance(spec, str):
         name, opts = parse_spec(spec)
+        if name.startswith(FRAMES_PREFIX):  # an image classifier lifted to clips (salient.models.frames)
+            return lift_spec(spec, name, {**opts, **{k: v for k, v in options.items() if v is not None}}, load_model)
     else:
         name = type(spec).__name__
     opts.update({k: v for k, v in options.items() if v is not None})

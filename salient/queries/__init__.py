@@ -4,6 +4,9 @@
 
 from .base import ItemContext, Query, QueryFailure, WhiteBoxQuery
 from .curve import CurveQuery
-from .masked import BoxQuery, RiseQuery, ScoreQuery
+from .masked import BoxQuery, Rise3DQuery, RiseQuery, ScoreQuery
 
-__all__ = ["BoxQuery", "CurveQuery", "ItemContext", "Query", "QueryFailure", "RiseQuery", "ScoreQuery", "WhiteBoxQuery"]
+__all__ = [
+    "BoxQuery", "CurveQuery", "ItemContext", "Query", "QueryFailure", "Rise3DQuery", "RiseQuery", "ScoreQuery",
+    "WhiteBoxQuery",
+]

@@ -50,6 +50,16 @@ class ItemContext:
         return int(self.x.shape[-2]), int(self.x.shape[-1])
 
     @property
+    def frames(self) -> int:
+        """T for a clip (C, T, H, W), 0 for an image."""
+        return int(self.x.shape[1]) if self.x.ndim == 4 else 0
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape of one map: (T, H, W) for a clip, (H, W) for an image."""
+        return tuple(int(s) for s in self.x.shape[1:])
+
+    @property
     def device(self) -> torch.device:
         return self.x.device
 

@@ -1,4 +1,5 @@
-"""Black-box queries of masked inputs: the unmasked image, RISE masks, boxes (occlusion, DiDA, BOREx)."""
+"""Black-box queries of masked inputs: the unmasked image, RISE masks (2-D and space-time), boxes (occlusion,
+DiDA, BOREx)."""
 
 from __future__ import annotations
 
@@ -72,9 +73,33 @@ class RiseQuery(Query):
 
 
 @dataclass(frozen=True)
+class Rise3DQuery(RiseQuery):
+    """RISE-3D on a clip (C, T, H, W): masks ``start:stop`` of the ``n`` space-time masks (T, H, W) of draw
+    ``draw`` (``cells_t`` temporal cells; the backend's ``rise_masks_3d``). Result: (Σ_i f_t(X_i) · M_i as
+    float32 (targets, T, H, W), Σ_i f_t(X_i) as (targets,)), X_i = I ⊙ M_i + fill ⊙ (1 - M_i), the sum made
+    from the masks' separable factors (``rise_weighted_sum_3d``) block by block in index order, so it does
+    not depend on the worker's batch size. Clip batches are plain contiguous (n, C, T, H, W)."""
+
+    cells_t: int = 4
+
+    def _args(self, ctx) -> tuple:
+        return self.seed, self.draw, self.n, self.cells, self.cells_t, self.p, ctx.shape
+
+    def build(self, ctx, start, stop, out):
+        lo = self._range()[0]
+        keep = ctx.kernels.rise_masks_3d(*self._args(ctx), ctx.device, lo + start, lo + stop)
+        ctx.kernels.blend_into(out, ctx.x, ctx.fill(self.fill), keep)
+
+    def finish(self, state, ctx):
+        scores = torch.cat(state).to(ctx.device)  # (n, targets)
+        total = ctx.kernels.rise_weighted_sum_3d(*self._args(ctx), scores, self._range()[0])
+        return total.cpu().numpy(), scores.sum(dim=0).double().cpu().numpy()
+
+
+@dataclass(frozen=True)
 class BoxQuery(Query):
-    """One input per box (y0, y1, x0, x1): ``mode="delete"`` fills the box, ``mode="keep"`` fills
-    everything outside it. Result: scores (n_boxes, T)."""
+    """One input per box (y0, y1, x0, x1), or (t0, t1, y0, y1, x0, x1) on a clip: ``mode="delete"`` fills
+    the box, ``mode="keep"`` fills everything outside it. Result: scores (n_boxes, T)."""
 
     boxes: tuple[tuple[int, int, int, int], ...] = ()
     mode: str = "delete"

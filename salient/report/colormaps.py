@@ -41,16 +41,21 @@ def signed_colors(d: np.ndarray, scale: float | None = None) -> np.ndarray:
     return rgb
 
 
-def normalize_unsigned(v: np.ndarray) -> np.ndarray:
-    """Min-max to [0, 1]; a constant map becomes all zeros."""
+def normalize_unsigned(v: np.ndarray, bounds: tuple[float, float] | None = None) -> np.ndarray:
+    """Min-max to [0, 1] (``bounds`` = (lo, hi) given: those instead of the map's own, values clipped);
+    a constant map becomes all zeros."""
     v = np.asarray(v, dtype=np.float64)
-    lo, hi = float(v.min()), float(v.max())
+    lo, hi = (float(v.min()), float(v.max())) if bounds is None else (float(bounds[0]), float(bounds[1]))
+    if bounds is not None:
+        v = np.clip(v, lo, hi)
     return (v - lo) / (hi - lo) if hi > lo else np.zeros_like(v)
 
 
-def sequential_colors(v: np.ndarray, cmap: str = DEFAULT_CMAP) -> np.ndarray:
-    """(H, W) non-negative importance -> (H, W, 3) RGB through a sequential colour map."""
-    return colormap_lut(cmap)[np.rint(normalize_unsigned(v) * 255.0).astype(np.intp)]
+def sequential_colors(v: np.ndarray, cmap: str = DEFAULT_CMAP,
+                      bounds: tuple[float, float] | None = None) -> np.ndarray:
+    """(H, W) non-negative importance -> (H, W, 3) RGB through a sequential colour map (min-max over
+    ``bounds`` when given: one scale for many maps, e.g. the frames of a video)."""
+    return colormap_lut(cmap)[np.rint(normalize_unsigned(v, bounds) * 255.0).astype(np.intp)]
 
 
 @lru_cache(maxsize=8)
@@ -61,6 +66,8 @@ def colormap_lut(cmap: str = DEFAULT_CMAP) -> np.ndarray:
     return colormaps[cmap](np.linspace(0.0, 1.0, 256))[:, :3].astype(np.float32)
 
 
-def colorize(m: np.ndarray, signed: bool, scale: float | None = None, cmap: str = DEFAULT_CMAP) -> np.ndarray:
-    """The colour rule of a map: red/blue on black when ``signed`` (a diverging map), else sequential."""
-    return signed_colors(m, scale) if signed else sequential_colors(m, cmap)
+def colorize(m: np.ndarray, signed: bool, scale: float | None = None, cmap: str = DEFAULT_CMAP,
+             bounds: tuple[float, float] | None = None) -> np.ndarray:
+    """The colour rule of a map: red/blue on black when ``signed`` (a diverging map), else sequential
+    (min-max over ``bounds`` when given)."""
+    return signed_colors(m, scale) if signed else sequential_colors(m, cmap, bounds)

@@ -45,13 +45,15 @@ def _to_uint8_in_place(y: np.ndarray) -> np.ndarray:
 
 
 def overlay(image: Image | np.ndarray | str | os.PathLike, saliency: Saliency | np.ndarray, alpha: float = 0.5,
-            diverging: bool | None = None, scale: float | None = None, cmap: str = DEFAULT_CMAP) -> np.ndarray:
+            diverging: bool | None = None, scale: float | None = None, cmap: str = DEFAULT_CMAP,
+            bounds: tuple[float, float] | None = None) -> np.ndarray:
     """uint8 (H0, W0, 3): the photo blended with the coloured map (see the module docstring).
 
     ``saliency`` is a :class:`Saliency`, coloured by its ``diverging``: the red/blue scale around 0 for
     maps whose sign means support vs opposition, else the relative sequential scale (``diverging``
     overrides it), or a bare map (then ``diverging`` says which); ``scale`` is the |d| at full brightness
-    of a diverging map (default: its 99.5th percentile of |d|).
+    of a diverging map (default: its 99.5th percentile of |d|); ``bounds`` the (lo, hi) of a sequential
+    map's min-max (default: its own).
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
@@ -62,7 +64,7 @@ def overlay(image: Image | np.ndarray | str | os.PathLike, saliency: Saliency | 
         m, diverging = np.asarray(saliency, dtype=np.float32), bool(diverging)
     if diverging and scale is None:
         scale = signed_scale(m)
-    out = colorize(resize_map(m, img.size), diverging, scale, cmap)  # a new float32 array, blended in place
+    out = colorize(resize_map(m, img.size), diverging, scale, cmap, bounds)  # a new float32 array, blended here
     out *= alpha
     out += (1.0 - alpha) * img.pixels  # the same sum as (1 - alpha) · photo + alpha · colour, one temporary
     out *= 255.0

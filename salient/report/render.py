@@ -3,7 +3,8 @@
 - :func:`render_row`: the row's map coloured by its rule (diverging: red/blue on black; else
   relative, sequential; :mod:`salient.report.colormaps`) and, with ``alpha`` > 0 and a readable
   photo, blended over the photo: (1 − alpha) · photo + alpha · colour. The colour scale comes from
-  a reference: the whole video for a frame (so the frame slider never rescales), the coarsest
+  a reference: the whole video for a frame (so the frame slider never rescales; a video of more than
+  :data:`MAX_FRAMES` frames: that many evenly strided frames, also for its mean over t), the coarsest
   pyramid level for a region of a huge image (so tiles of one view match), else the map itself.
 - Sizes: the photo (or the map, without one) is shrunk to at most ``max_side`` pixels a side and
   the map resized bilinearly to it. A pyramid is read at the level that fits
@@ -25,6 +26,7 @@ from .overlay import resize_map, to_uint8
 from .store_view import MapMissing, StoreView
 
 MAX_SIDE = 512
+MAX_FRAMES = 256  # a video map's mean over t and colour scale come from at most this many frames
 
 
 @dataclass
@@ -92,10 +94,10 @@ def render_row(view: StoreView, row: Any, alpha: float = 0.5, t: int | None = No
             m, level = pyr.read(*region, h, w)
         photo = None
     else:
-        ref = view.map_of(row)
+        ref = view.map_of(row, max_frames=MAX_FRAMES)  # a long video: its mean and scale from strided frames
         if ref.ndim == 3:
-            frame = None if t is None else int(np.clip(t, 0, ref.shape[0] - 1))
-            m = ref.mean(axis=0) if frame is None else ref[frame]
+            frame = None if t is None else int(np.clip(t, 0, view.frames(row) - 1))
+            m = ref.mean(axis=0) if frame is None else view.map_of(row, t=frame)
         else:
             m = ref
     if photo is True:

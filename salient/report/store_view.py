@@ -124,9 +124,11 @@ class StoreView:
         lead = 1 if int(row["index"]) < 0 else 1 + (int(node.attrs.get("targets_per_item", 1)) > 1)
         return names[lead:] if names else (("t", "y", "x") if node.ndim - lead == 3 else ("y", "x"))
 
-    def map_of(self, row: Any, t: int | None = None) -> np.ndarray:
-        """``row``'s map as float32: (H, W), or (T, H, W) for video (frame ``t`` when given). A pyramid
-        gives its full-resolution level (use :meth:`pyramid` to read a coarser one)."""
+    def map_of(self, row: Any, t: int | None = None, max_frames: int | None = None) -> np.ndarray:
+        """``row``'s map as float32: (H, W), or (T, H, W) for video (frame ``t`` when given; with
+        ``max_frames``, a long video's frames evenly strided down to at most that many, so memory stays
+        bounded whatever its length). A pyramid gives its full-resolution level (use :meth:`pyramid`
+        to read a coarser one)."""
         node = self.node(row)
         where = f"{row['item_id']} [{row['method']}]"
         try:
@@ -142,6 +144,8 @@ class StoreView:
                     key = (rank,)
                 if t is not None and node.ndim - len(key) == 3:
                     key += (int(np.clip(t, 0, node.shape[len(key)] - 1)),)
+                elif max_frames and node.ndim - len(key) == 3 and node.shape[len(key)] > max_frames:
+                    key += (slice(None, None, -(-int(node.shape[len(key)]) // max_frames)),)
                 m = node[key]
         except MapMissing:
             raise

@@ -195,6 +195,10 @@ def _odd_state(root: zarr.Group | None, method: str, item_id: str, n_targets: in
         from .mosaic import verify_mosaic
 
         return FINE if verify_mosaic(arr) else DAMAGED
+    from .frames import is_frames, verify_frames
+
+    if is_frames(arr):  # a long video's map along t: band by band, never the whole video in memory
+        return FINE if verify_frames(arr) else DAMAGED
     try:
         maps = np.asarray(arr[:])
     except Exception:  # noqa: BLE001 - damaged metadata or chunk

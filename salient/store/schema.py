@@ -5,7 +5,8 @@ the node name of an item, the default shard size and the compressor names.
   :func:`result_columns` (one float column per registered metric, :mod:`salient.methods.metric`,
   between ``seconds`` and ``status``: ``insertion_auc``, ``deletion_auc`` today) plus
   :data:`EXTRA_COLUMNS` (position, rank, the manifest's true_label, mask, box, and for a tile-mode
-  mosaic its tile count, skipped and failed tiles; ``metric_note``: why a metric is NaN, e.g.
+  mosaic its tile count, skipped and failed tiles, for a video's map along t its clip count and
+  failed clips; ``metric_note``: why a metric is NaN, e.g.
   ``no object mask (object_share, pointing_game)``);
   :func:`result_schema` is both together. A part written before a metric was registered reads
   with that column null.
@@ -39,6 +40,7 @@ EXTRA_COLUMNS = [
     ("position", pa.int64()), ("rank", pa.int64()),
     ("true_label", pa.string()), ("mask", pa.string()), ("box", pa.list_(pa.float64())),
     ("tiles", pa.int64()), ("skipped_tiles", pa.int64()), ("failed_tiles", pa.int64()),  # tile mode (mosaics)
+    ("clips", pa.int64()), ("failed_clips", pa.int64()),  # a long video's map along t (its clips)
     (NOTE_COLUMN, pa.string()),  # why a metric of the row is NaN (salient.methods.metric.Undefined), or null
 ]
 

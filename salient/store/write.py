@@ -409,11 +409,19 @@ class Store:
         return MosaicWriter(self.root, f"items/{item_key(item_id)}/{method}", shape, compressor=self.compressors,
                             **opts)
 
+    def frames(self, item_id: str, method: str, shape: tuple[int, int, int], **opts: Any) -> Any:
+        """A :class:`~salient.store.frames.FramesWriter` for a video's map along t, ``items/<key>/<method>``
+        (this store's compressor; ``opts``: attrs, fingerprint, chunk, resume). Its row: :meth:`add_mosaic`."""
+        from .frames import FramesWriter
+
+        return FramesWriter(self.root, f"items/{item_key(item_id)}/{method}", shape, compressor=self.compressors,
+                            **opts)
+
     def add_mosaic(self, item_id: str, source: str, s: Saliency, position: int | None = None,
                    extra: dict[str, Any] | None = None, tiles: dict[str, int] | None = None) -> None:
         """The ok row (``index`` -1) of a finished mosaic written through :meth:`mosaic`: ``s`` gives
         method, target, label, scores and counts (its map is not used); ``tiles``: the tiles,
-        skipped_tiles and failed_tiles columns."""
+        skipped_tiles and failed_tiles columns (a video's map along t: clips and failed_clips)."""
         self._writer.check()
         pos = self._position(position)
         if self.durable:  # synced before the part holding its row

@@ -1,6 +1,7 @@
 """Boxes on the device (torch): paste a box of one tensor into another, and box masks.
 
-A box is (y0, y1, x0, x1), half-open, already clipped to the image (:mod:`salient.kernels.geometry`).
+A box is (y0, y1, x0, x1), half-open, already clipped to the image (:mod:`salient.kernels.geometry`);
+a space-time box on a clip is (t0, t1, y0, y1, x0, x1): one interval per axis, the last axes of the input.
 """
 
 from __future__ import annotations
@@ -12,14 +13,18 @@ from .fills import match_layout
 
 
 def paste_boxes(out: torch.Tensor, base: torch.Tensor, inner: torch.Tensor, boxes) -> torch.Tensor:
-    """out[k] = ``base`` everywhere except box k (y0, y1, x0, x1), which shows ``inner``; in place.
-    ``base`` and ``inner`` are (C, H, W) or broadcastable ((C, 1, 1) fills), clips alike; a box covers
-    all channels (and frames). Occlusion "delete" is (x, fill), "keep" is (fill, x). One copy of
-    ``base`` plus a small copy per box: no masks are built."""
+    """out[k] = ``base`` everywhere except box k, which shows ``inner``; in place. A box holds one
+    half-open interval per axis for the last axes: (y0, y1, x0, x1), or (t0, t1, y0, y1, x0, x1) on a
+    clip. ``base`` and ``inner`` are (C, H, W) or broadcastable ((C, 1, 1) fills), clips alike; a box
+    covers all channels (a 2-D box on a clip: all frames too). Occlusion "delete" is (x, fill), "keep"
+    is (fill, x). One copy of ``base`` plus a small copy per box: no masks are built."""
     out.copy_(match_layout(base, out).expand(out.shape))
-    flat = inner.shape[-2:] == (1, 1)
-    for k, (y0, y1, x0, x1) in enumerate(np.asarray(boxes, dtype=np.int64).reshape(-1, 4).tolist()):
-        out[k, ..., y0:y1, x0:x1] = inner if flat else inner[..., y0:y1, x0:x1]
+    src = inner.expand(out.shape[1:])  # a view: a fill broadcasts, slices of it stay views
+    rows = [tuple(b) for b in boxes]
+    d = len(rows[0]) // 2 if rows else 2
+    for k, box in enumerate(np.asarray(rows, dtype=np.int64).reshape(-1, 2 * d).tolist()):
+        sl = (Ellipsis, *(slice(box[2 * i], box[2 * i + 1]) for i in range(d)))
+        out[(k, *sl)] = src[sl]
     return out
 
 

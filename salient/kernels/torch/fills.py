@@ -72,7 +72,8 @@ def match_layout(t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
 
 def blend_into(out: torch.Tensor, x: torch.Tensor, substrate: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """out[k] = substrate + keep[k] · (x - substrate), written in place in one pass; keep is (n, H, W)
-    in [0, 1], broadcast over channels (and frames for a clip)."""
+    in [0, 1], broadcast over channels (and frames for a clip), or (n, T, H, W) for a clip's space-time
+    masks."""
     if is_channels_last(out):
         # channels_last: one pass per channel (a mask broadcast over the innermost C = 3 does not
         # vectorise; this is 2x faster and gives the same bits)
@@ -82,7 +83,7 @@ def blend_into(out: torch.Tensor, x: torch.Tensor, substrate: torch.Tensor, keep
             torch.addcmul(sub[c], keep, diff[c], out=nhwc[..., c])
         return out
     diff = match_layout(x - substrate, out)
-    k = keep.reshape(keep.shape[0], *([1] * (out.ndim - 3)), *keep.shape[-2:])
+    k = keep.reshape(keep.shape[0], *([1] * (out.ndim - keep.ndim)), *keep.shape[1:])
     torch.addcmul(match_layout(substrate, out), k, diff[None], out=out)
     return out
 
