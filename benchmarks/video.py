@@ -86,7 +86,7 @@ def part_raw_and_engine(args: argparse.Namespace) -> None:
     row("raw best", f"{best[0]:.2f} clips/s", note=f"batch {best[1]}")
     clip = torch.randn(shape, generator=torch.Generator().manual_seed(0))
     jobs = [("rise", {"n_masks": args.masks, "chunk": 64}),
-            ("occlusion", {"window": (8, 28, 28), "stride": (8, 28, 28)})]
+            ("occlusion", {"window": (4, 28, 28), "stride": (4, 28, 28)})]  # 64 windows
     rng = random.Random(0)
     with salient.Engine(model, workers=workers, batch_size=4) as eng:
         eng.explain(Item("warm", clip), "occlusion", target=0, window=(16, 112, 112), stride=(16, 112, 112))
