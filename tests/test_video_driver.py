@@ -201,7 +201,9 @@ def test_cli_explains_a_video_into_the_store_and_outputs(tmp_path, video):
     from salient.report.render import render_row
     from salient.report.store_view import open_store
 
-    assert "clip.mkv" in build_report(tmp_path / "o").read_text()
+    html = build_report(tmp_path / "o").read_text()
+    assert "clip.mkv" in html and ">score over time</a>" in html and ">frames</a>" in html
+    assert list((tmp_path / "o").rglob("*_occlusion_0_score.png"))
     view = open_store(tmp_path / "o")
     row = view.row(0)
     assert view.frames(row) == 28 and view.map_of(row, max_frames=10).shape == (10, 32, 32)  # strided: 0, 3, ..

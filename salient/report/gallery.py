@@ -132,6 +132,7 @@ def _card(ctx: ReportContext, e: Entry) -> str:
             img = render_row(v, r, max_side=THUMB_SIDE, photo=photo if photo is not None else False).rgb
             stem = f"{e.position}_{e.method}_{as_int(r['rank'])}"
             anim = _animation(v, r, photo, folder / f"{stem}_frames.png")
+            plot = _score_over_time(v, r, folder / f"{stem}_score.png")
         except MapMissing as err:
             notes.append(str(err))
             continue
@@ -141,7 +142,8 @@ def _card(ctx: ReportContext, e: Entry) -> str:
         tiles.append((img, title))
         metrics = " ".join(f"{c}={fmt(r[c])}" for c in v.metric_columns if r[c] == r[c])
         links.append(f'<a href="{esc(ctx.rel(path))}">{esc(title)}</a> {esc(metrics)}'
-                     + (f' <a href="{esc(ctx.rel(anim))}">frames</a>' if anim else ""))
+                     + (f' <a href="{esc(ctx.rel(anim))}">frames</a>' if anim else "")
+                     + (f' <a href="{esc(ctx.rel(plot))}">score over time</a>' if plot else ""))
     body = head + "".join(f'<p class="err">{esc(n)}</p>' for n in notes)
     if written:
         panel_path = save_small_png(folder / f"{e.position}_{e.method}_panel.png", strip(tiles, tile_height=128))
@@ -163,6 +165,24 @@ def _animation(view: Any, row: Any, photo: np.ndarray | None, path: Path) -> Pat
                                             photo=photo if photo is not None else False).rgb) for k in keep]
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=FRAME_MS, loop=0)
     return path
+
+
+def _score_over_time(view: Any, row: Any, path: Path) -> Path | None:
+    """A long video's target score per clip over time (``items/<key>/score``, clips x classes, with the
+    clips' centre times in its attrs: :mod:`salient.jobs.video_job`) as a PNG, or None for other rows."""
+    from ..store import item_key
+
+    if as_int(row.get("clips"), 0) < 1:
+        return None
+    try:
+        arr = view.root[f"items/{item_key(str(row['item_id']))}/score"]
+        times = np.asarray(arr.attrs["times"], dtype=np.float64)
+        scores = np.asarray(arr[:, as_int(row["target"])], dtype=np.float64)
+    except Exception:  # noqa: BLE001 - absent or damaged: the card goes without it
+        return None
+    from .video_outputs import score_plot
+
+    return score_plot(path, times, scores, str(row["label"]))
 
 
 def gallery_section(ctx: ReportContext) -> str | None:

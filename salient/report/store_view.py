@@ -44,6 +44,7 @@ class StoreView:
     df: Any
     missing: list[str] = field(default_factory=list)
     _nodes: dict[str, Any] = field(default_factory=dict, repr=False)  # zarr nodes opened so far
+    _strided: dict[Any, np.ndarray] = field(default_factory=dict, repr=False)  # the last strided video read
 
     # -- rows
     def row(self, i: int) -> Any:
@@ -142,11 +143,20 @@ class StoreView:
                         key += (rank,)
                 else:
                     key = (rank,)
+                strided = False
                 if t is not None and node.ndim - len(key) == 3:
                     key += (int(np.clip(t, 0, node.shape[len(key)] - 1)),)
                 elif max_frames and node.ndim - len(key) == 3 and node.shape[len(key)] > max_frames:
                     key += (slice(None, None, -(-int(node.shape[len(key)]) // max_frames)),)
-                m = node[key]
+                    strided = True
+                if not strided:
+                    m = node[key]
+                else:  # the frames of an animation each draw on the same strided reference: read it once
+                    cached = (id(node), key[:-1], key[-1].step)  # (a slice is not hashable)
+                    if cached not in self._strided:
+                        self._strided.clear()
+                        self._strided[cached] = np.asarray(node[key], dtype=np.float32)
+                    m = self._strided[cached]
         except MapMissing:
             raise
         except Exception as e:  # noqa: BLE001 - a damaged or absent shard
