@@ -320,6 +320,7 @@ class ExplainPlan:
     executor_opts: dict[str, Any]
     model_id: str = ""
     claims: dict[str, dict[str, Any]] | None = None  # method -> the settings its maps are made with
+    videos: bool = False  # the paths are videos (explained clip by clip)
 
 
 def model_id(model: Model) -> str:
@@ -386,7 +387,7 @@ def plan_explain(args: argparse.Namespace) -> ExplainPlan:
             if getattr(args, k, None) is not None}
     metrics = tuple(k for k, m in METRICS.items() if "mask" not in m.options)  # explain has no object masks
     return ExplainPlan(method, params, paths, out, model, target, metrics if args.metrics else (), opts,
-                       model_id(model), claims)
+                       model_id(model), claims, videos)
 
 
 def write_explanations(eng: Engine, plan: ExplainPlan, args: argparse.Namespace,
@@ -451,7 +452,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             raise SalientError("--tiles and --whole exclude each other: choose one mode")
         return explain_tiles_command(plan_explain(args), args)
     plan = plan_explain(args)
-    if video_paths(plan.paths, args):  # videos: clip by clip into one map along t each
+    if plan.videos:  # clip by clip into one map along t each
         from .jobs.video_job import explain_videos_command
 
         return explain_videos_command(plan, args)

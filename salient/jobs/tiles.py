@@ -353,6 +353,28 @@ def tile_params(method: Any, params: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
+def one_target(model: Any, method: str, target: int | str, params: dict[str, Any] | None, what: str
+               ) -> tuple[dict[str, Any], int | tuple[str, int]]:
+    """A method's checked parameters for the pieces of one image or video (:func:`tile_params`, checked
+    against ``model``) and its one target (a class, or ("top", 1)); ``what`` starts the error for topK."""
+    m = get_method(method)
+    checked = m.check_params(tile_params(m, params))
+    m.check_model(checked, model)
+    tgt = parse_target(target, model)
+    if isinstance(tgt, tuple) and tgt[1] != 1:
+        raise SalientError(f"{what}: use top1, a class id or a label, not {target!r}")
+    return checked, tgt
+
+
+def explained_mean(scores: np.ndarray, status: np.ndarray, target: int) -> float:
+    """The target's mean score over the explained pieces (status 0; NaN if none), after marking the
+    failed ones' scores NaN in place."""
+    scores[status == 2] = np.nan
+    good = scores[..., target][status == 0]
+    good = good[~np.isnan(good)]
+    return float(good.mean()) if len(good) else float("nan")
+
+
 def explain_tiles(engine: Engine, slide: Slide | str, method: str = "gradcampp", target: int | str = "top1",
                   seed: int = 0, *, tile: int | tuple[int, int] | None = None, overlap: float = 0.0,
                   level: int | None = None, skip_background: bool = False, sink: Callable | None = None,
@@ -367,12 +389,7 @@ def explain_tiles(engine: Engine, slide: Slide | str, method: str = "gradcampp",
     slide = open_slide(slide)
     model = engine.model
     lvl, grid = check_tiles(slide, model, tile, overlap, level)
-    m = get_method(method)
-    checked = m.check_params(tile_params(m, params))
-    m.check_model(checked, model)
-    tgt = parse_target(target, model)
-    if isinstance(tgt, tuple) and tgt[1] != 1:
-        raise SalientError(f"tile mode explains one target per image: use top1, a class id or a label, not {target!r}")
+    checked, tgt = one_target(model, method, target, params, "tile mode explains one target per image")
     image_id = image_id or slide.source
     out = ArraySink(grid.shape) if sink is None else sink
     writer = ThreadedSink(out) if sink is not None else None
@@ -388,11 +405,8 @@ def explain_tiles(engine: Engine, slide: Slide | str, method: str = "gradcampp",
     if not drv.stitch.done:
         raise ItemError(f"{image_id}: the mosaic is incomplete ({drv.stitch.next_band} of {drv.stitch.n_bands} bands)")
     scores, status = drv.scores, drv.status
-    scores[status == 2] = np.nan
-    good = scores[..., tgt][status == 0]
-    good = good[~np.isnan(good)]
     run = TileRun(image_id, method, lvl, grid, int(tgt), model.label(int(tgt)), scores, status,
-                  float(good.mean()) if len(good) else float("nan"), engine.n_forward - n_forward0,
+                  explained_mean(scores, status, tgt), engine.n_forward - n_forward0,
                   time.perf_counter() - t0, errors=drv.errors)
     run.timing = {"read": drv.read_seconds, "stitch": drv.stitch.seconds, "write": writer.seconds if writer else 0.0,
                   "engine": engine.seconds - engine_s0}

@@ -44,14 +44,24 @@ import numpy as np
 import torch
 
 from ..engine import Engine, Task
-from ..engine.tasks import base_scores, parse_target
+from ..engine.tasks import base_scores
 from ..errors import ItemError, SalientError
 from ..images import Image
 from ..io.video import Video, open_video
 from ..item import Item
 from ..methods import get_method
 from ..saliency import Saliency
-from .tiles import ArraySink, PieceCounts, Stitcher, ThreadedSink, TileGrid, scores_and_explain, tile_params
+from .tiles import (
+    ArraySink,
+    PieceCounts,
+    Stitcher,
+    ThreadedSink,
+    TileGrid,
+    explained_mean,
+    one_target,
+    scores_and_explain,
+    tile_params,
+)
 
 CHUNK = 32  # frames per band: the store's chunk along t
 LIVE_CLIPS = 4  # clips alive per worker slot (units in flight), beside the decoder's read-ahead
@@ -198,12 +208,7 @@ def explain_clips(engine: Engine, video: Video | str, method: str = "rise", targ
     check_clip(model, None)
     vid = open_video(video, fps=fps, frame_step=frame_step)
     grid = ClipGrid.make(vid.n_frames, model.frames, clip_stride)
-    m = get_method(method)
-    checked = m.check_params(tile_params(m, params))
-    m.check_model(checked, model)
-    tgt = parse_target(target, model)
-    if isinstance(tgt, tuple) and tgt[1] != 1:
-        raise SalientError(f"a video is explained for one target: use top1, a class id or a label, not {target!r}")
+    checked, tgt = one_target(model, method, target, params, "a video is explained for one target")
     if top_clips is not None and (isinstance(top_clips, bool) or not isinstance(top_clips, (int, np.integer))
                                   or top_clips < 1):
         raise SalientError(f"top_clips must be an integer >= 1, got {top_clips!r}")
@@ -222,13 +227,11 @@ def explain_clips(engine: Engine, video: Video | str, method: str = "rise", targ
     if not drv.stitch.done:
         raise ItemError(f"{video_id}: the map is incomplete ({drv.stitch.next_band} of {drv.stitch.n_bands} bands)")
     scores, status = drv.scores, drv.status
-    scores[status == 2] = np.nan
-    good = scores[:, tgt][status == 0]
-    good = good[~np.isnan(good)]
+    base = explained_mean(scores, status, tgt)
     times = vid.times()
     centres = np.array([times[min(s + grid.span // 2, grid.n_frames - 1)] for s in grid.starts], np.float64)
     run = VideoRun(video_id, method, grid, int(tgt), model.label(int(tgt)), scores, status,
-                   float(good.mean()) if len(good) else float("nan"), float(vid.fps), centres,
+                   base, float(vid.fps), centres,
                    engine.n_forward - n_forward0, time.perf_counter() - t0, errors=drv.errors)
     run.timing = {"decode": drv.decode_seconds, "stitch": drv.stitch.seconds,
                   "write": writer.seconds if writer else 0.0, "engine": engine.seconds - engine_s0}

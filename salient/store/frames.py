@@ -24,6 +24,7 @@ import zarr
 from zarr.core.sync import sync
 
 from ..errors import SalientError
+from .mosaic import stored_intact
 from .shards import _compressors
 
 CHUNK = 32
@@ -80,8 +81,8 @@ class FramesWriter:
         if frames.size != (t1 - t0) * self.shape[1] * self.shape[2] or len(frames) != t1 - t0:
             raise SalientError(f"map {self.path}: band {self.done} must be {(t1 - t0, *self.shape[1:])}, "
                                f"got {frames.shape}")
-        key = f"{self.array.path}/" + self.array.metadata.encode_chunk_key((0, self.done, 0, 0))
-        sync(self.array.store.delete(key))  # a leftover (damaged) chunk is never read back: written whole
+        # a leftover (damaged) chunk is never read back: written whole
+        sync(self.array.store.delete(_chunk_key(self.array, self.done)))
         self.array[0, t0:t1] = frames.reshape(t1 - t0, *self.shape[1:])
         self.done += 1
         self._mark()
@@ -103,15 +104,12 @@ def _get(root: zarr.Group, path: str) -> Any:
 
 def band_ok(arr: zarr.Array, band: int) -> bool:
     """Band ``band`` of a frames array: its chunk file there, decoding and passing its CRC32C."""
-    key = f"{arr.path}/" + arr.metadata.encode_chunk_key((0, band, 0, 0))
-    if not sync(arr.store.exists(key)):
-        return False
     chunk = int(arr.chunks[1])
-    try:
-        np.asarray(arr[0, band * chunk : (band + 1) * chunk])
-    except Exception:  # noqa: BLE001 - checksum or decode failure
-        return False
-    return True
+    return stored_intact(arr, [_chunk_key(arr, band)], np.s_[0, band * chunk : (band + 1) * chunk])
+
+
+def _chunk_key(arr: zarr.Array, band: int) -> str:
+    return f"{arr.path}/" + arr.metadata.encode_chunk_key((0, band, 0, 0))
 
 
 def is_frames(node: Any) -> bool:

@@ -255,10 +255,16 @@ def band_ok(arr: zarr.Array, band: int) -> bool:
     """Band ``band`` (one row of chunks) of a level array: every shard file there, and every chunk
     decodes and passes its CRC32C."""
     chunk = int(arr.chunks[0])
-    if not all(sync(arr.store.exists(k)) for k in _shard_keys(arr, band)):
+    return stored_intact(arr, _shard_keys(arr, band), np.s_[band * chunk : (band + 1) * chunk])
+
+
+def stored_intact(arr: zarr.Array, keys: list[str], region: Any) -> bool:
+    """Every store key of ``keys`` present, and ``arr[region]`` (the data they hold) decoding and passing
+    its checksums: a band written whole and not damaged since."""
+    if not all(sync(arr.store.exists(k)) for k in keys):
         return False
     try:
-        np.asarray(arr[band * chunk : (band + 1) * chunk])
+        np.asarray(arr[region])
     except Exception:  # noqa: BLE001 - checksum or decode failure
         return False
     return True
