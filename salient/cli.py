@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import math
 import os
 import re
 import sys
@@ -39,8 +40,10 @@ from typing import Any
 
 from .engine import EXECUTORS, Engine, Task
 from .engine.tasks import explain_task, parse_target
+from .engine.worker import PRECISIONS
 from .errors import SalientError, short_repr
 from .images import Image, load_image
+from .kernels import BACKENDS
 from .methods import METHODS, Method, get_method
 from .methods.drive import first_round
 from .methods.metric import METRICS, metric_columns
@@ -89,13 +92,13 @@ _positive_int = _int_at_least(1, "a positive integer")
 _nonneg_int = _int_at_least(0, "an integer >= 0")
 
 
-def _nonneg_float(s: str) -> float:
+def _positive_float(s: str) -> float:
     try:
         v = float(s)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}") from None
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}")
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {s!r}") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {s!r}")
     return v
 
 
@@ -142,8 +145,15 @@ def add_explain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--address", help="Ray cluster address (e.g. auto); default: start a local Ray")
     p.add_argument("--workers", type=_positive_int,
                    help="number of workers (default: one per core; local: at most 2 per core, more: use ray)")
-    p.add_argument("--gpus-per-worker", type=_nonneg_float, help="GPUs per worker (Ray)")
+    p.add_argument("--gpus-per-worker", type=_positive_float, help="GPUs per worker (Ray; 0.5: two workers per GPU)")
+    p.add_argument("--accelerator", metavar="TYPE",
+                   help="Ray: run GPU workers on this accelerator type only (H100, A100, ...)")
     p.add_argument("--batch-size", type=_positive_int, help="forward batch size (default: autotuned)")
+    p.add_argument("--precision", choices=PRECISIONS, help="fp32 (default), bf16 or fp16: autocast of the masked "
+                   "forwards (on a GPU; bf16 maps correlate >= 0.99 with fp32 ones)")
+    p.add_argument("--kernels", choices=BACKENDS, help="mask kernels: auto (default: CuPy on a GPU when installed), "
+                   "torch or cupy")
+    p.add_argument("--cuda-graphs", action="store_true", help="replay a captured forward for each batch shape (CUDA)")
     p.add_argument("--whole", action="store_true",
                    help="explain each image at its native size (models that accept any input size: fully "
                         "convolutional with global pooling); maps go to OUT/saliency.zarr/items/<key>/<method>")
@@ -381,10 +391,12 @@ def plan_explain(args: argparse.Namespace) -> ExplainPlan:
     target = parse_target(args.target, model)
     label = model.label(target) if isinstance(target, int) else ""
     claims = {method.name: {"method": method.name, "parameters": checked, "target": args.target, "seed": args.seed,
-                            "signed": method.signed, "label": label}}
+                            "signed": method.signed, "label": label, "precision": args.precision or "fp32"}}
     check_store(out, args.restart, model_id(model), claims)
-    opts = {k: getattr(args, k) for k in ("address", "workers", "gpus_per_worker", "batch_size", "memory_limit")
-            if getattr(args, k, None) is not None}
+    opts = {k: getattr(args, k) for k in ("address", "workers", "gpus_per_worker", "accelerator", "batch_size",
+                                          "memory_limit", "precision", "kernels") if getattr(args, k, None) is not None}
+    if getattr(args, "cuda_graphs", False):
+        opts["cuda_graphs"] = True
     metrics = tuple(k for k, m in METRICS.items() if "mask" not in m.options)  # explain has no object masks
     return ExplainPlan(method, params, paths, out, model, target, metrics if args.metrics else (), opts,
                        model_id(model), claims, videos)

@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import SalientError
 from ..images import Image, load_image
 from ..item import Item
-from ..kernels import check_fill
+from ..kernels import check_fill, parse_kernels
 from ..methods import get_method
 from ..methods.drive import lockstep
 from ..methods.metric import NOTE_COLUMN, get_metric, metric_note
@@ -24,6 +24,7 @@ from .memory import parse_bytes
 from .scheduler import Scheduler, Task
 from .tasks import explain_task, parse_target, raising
 from .whole import read_whole, whole_input
+from .worker import parse_precision
 
 EXECUTORS = ("local", "ray")
 
@@ -67,8 +68,15 @@ def make_executor(kind: str, model: Model, **opts: Any):
 
 
 def check_executor(kind: str, model: Model, **opts: Any) -> None:
-    """What ``make_executor`` would refuse before it allocates (local: device, workers, memory), checked
-    without starting anything, so that a job fails before it writes; a Ray cluster is checked as it is joined."""
+    """What ``make_executor`` would refuse before it allocates (local: device, workers, precision, kernels,
+    memory; Ray: precision, the kernels' name, ``gpus_per_worker``), checked without starting anything, so that a
+    job fails before it writes; a Ray cluster is checked as it is joined (GPUs, accelerator types, CuPy per node)."""
+    parse_precision(opts.get("precision"))
+    if kind == "ray":
+        from .ray_placement import check_ray_options
+
+        parse_kernels(opts.get("kernels"))  # the name; whether CuPy is usable is each worker's node's matter
+        check_ray_options(**opts)
     if kind == "local":
         from .local import check_local
 
@@ -107,9 +115,11 @@ class Engine:
     per worker), ``unit_batches``, ``fuse`` and ``incremental`` (CPU: masked forwards through a fused
     copy of the model, occlusion recomputing only what a box changes; both default True; see
     :class:`~salient.engine.worker.Worker`), ``memory_limit`` (per worker, bytes or "8GB": the batch of
-    an input at another size than the model's is lowered to fit it, :mod:`salient.engine.memory`); for Ray
-    also ``address`` (None: start or reuse a local Ray; "auto" or host:port: join a cluster) and
-    ``gpus_per_worker``. See LocalExecutor and RayExecutor.
+    an input at another size than the model's is lowered to fit it, :mod:`salient.engine.memory`),
+    ``precision`` (fp32 | bf16 | fp16: autocast of the masked forwards), ``kernels`` (auto | torch | cupy: the
+    mask kernels, :func:`~salient.kernels.backend.kernels_for`), ``cuda_graphs`` (CUDA); for Ray also
+    ``address`` (None: start or reuse a local Ray; "auto" or host:port: join a cluster), ``gpus_per_worker``
+    and ``accelerator`` (a GPU type such as H100). See LocalExecutor and RayExecutor.
     """
 
     def __init__(self, model: str | Model | Any = "efficientnet-lite0", executor: str = "local",

@@ -26,11 +26,12 @@ import torch
 
 from ..errors import SalientError
 from ..item import Item
+from ..kernels import kernels_for
 from ..models import Model
 from ..queries import Query
 from .executor import Done, Event, Failed, Unit
 from .memory import check_fits
-from .worker import Worker, default_threads, pick_device, resolve_batch_size
+from .worker import Worker, default_threads, parse_precision, pick_device, resolve_batch_size
 
 WORKERS_PER_CORE = 2
 
@@ -67,10 +68,15 @@ def local_plan(device: str | None, threads: int | None, workers: int | None) -> 
 
 
 def check_local(model: Model, device: str | None = None, batch_size: int | str | None = None,
-                workers: int | None = None, threads: int | None = None, **_: Any) -> None:
-    """What LocalExecutor(model, ...) would refuse (device, workers, memory), checked without starting it;
-    the memory only where the batch size is known without autotuning."""
+                workers: int | None = None, threads: int | None = None, precision: str = "fp32",
+                kernels: str | None = "auto", cuda_graphs: bool = False, **_: Any) -> None:
+    """What LocalExecutor(model, ...) would refuse (device, workers, precision, kernels, memory), checked
+    without starting it; the memory only where the batch size is known without autotuning."""
     dev, threads, workers = local_plan(device, threads, workers)
+    parse_precision(precision)
+    kernels_for(dev, kernels)
+    if cuda_graphs and dev.type != "cuda":
+        raise SalientError(f"cuda_graphs needs a CUDA device; this executor runs on {dev}")
     if str(batch_size).strip().lower() != "auto" and (batch_size is not None or dev.type == "cpu"):
         check_fits(model, dev, resolve_batch_size(model, dev, batch_size), workers)
 
@@ -85,14 +91,15 @@ class LocalExecutor:
     def __init__(self, model: Model, device: str | None = None, batch_size: int | str | None = None,
                  workers: int | None = None, threads: int | None = None, depth: int = 2, unit_batches: int = 4,
                  max_items: int = 256, fuse: bool = True, incremental: bool = True, memory_limit: int | None = None,
-                 **_: Any):
+                 precision: str = "fp32", kernels: str | None = "auto", cuda_graphs: bool = False, **_: Any):
         dev, self.threads, self.n_workers = local_plan(device, threads, workers)
         self.depth, self.unit_batches = int(depth), int(unit_batches)
-        size = resolve_batch_size(model, dev, batch_size)  # once, shared: same shape, same bits
+        size = resolve_batch_size(model, dev, batch_size, parse_precision(precision))  # once, shared: same bits
         check_fits(model, dev, size, self.n_workers)
         models = [model] + [replica(model) for _ in range(self.n_workers - 1)]
         self.memory_limit = memory_limit  # per worker (memory.batch_for)
-        self.workers = [Worker(m, dev, size, max_items, fuse=fuse, incremental=incremental, memory_limit=memory_limit)
+        self.workers = [Worker(m, dev, size, max_items, fuse=fuse, incremental=incremental, memory_limit=memory_limit,
+                               precision=precision, kernels=kernels, cuda_graphs=cuda_graphs)
                         for m in models]
         for w in self.workers:
             w.threads = self.threads  # applied in the worker's own thread at each run

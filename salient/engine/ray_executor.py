@@ -1,8 +1,11 @@
 """RayExecutor: one Ray actor per GPU (or per CPU slot where the cluster has no GPU), each holding
 a :class:`~salient.engine.worker.Worker`.
 
-- GPUs are counted from ``ray.cluster_resources()`` before any actor asks for one (an actor that
-  asks for a GPU the cluster lacks waits forever).
+- GPUs are counted from ``ray.cluster_resources()`` and ``ray.nodes()`` before any actor asks for one
+  (an actor that asks for a GPU the cluster lacks waits forever). GPU actors ask for ``num_gpus``, so
+  a node without GPUs (the head node of ``cluster.yaml``) never gets one; ``gpus_per_worker`` 0.5 puts
+  two on each GPU; ``accelerator`` pins them to a GPU type (:mod:`salient.engine.ray_placement`).
+  A GPU actor picks its device inside: "cuda" when torch sees one there, else the CPU (one log line).
 - The model travels once (``ray.put``); every actor builds its replica from that reference. The
   batch size is fixed before the actors start (given, the CPU default, or autotuned once in a
   task on a worker-like slot) and shared by all: same batch shape, same bits.
@@ -30,10 +33,12 @@ import torch
 from ray import exceptions as rex
 
 from ..errors import SalientError, short_repr
+from ..kernels import parse_kernels
 from ..models import Model
 from .executor import Done, Event, Failed, Lost, Unit, error_line
 from .memory import check_fits
-from .worker import Worker, default_threads, parse_device, resolve_batch_size
+from .ray_placement import actor_device, gpu_capacity, gpu_options, parse_accelerator, parse_gpus_per_worker
+from .worker import Worker, default_threads, parse_device, parse_precision, resolve_batch_size
 
 # Errors that mean "the worker (process, node) went away", as opposed to an error raised by the unit.
 LOST_ERRORS: tuple[type[BaseException], ...] = tuple(
@@ -81,10 +86,13 @@ class RayWorker:
     """The actor: a Worker plus item fetching, stats, and a test hook that kills the process."""
 
     def __init__(self, model: list, device: str | None, batch_size: int, threads: int | None, max_items: int,
-                 fuse: bool = True, incremental: bool = True, memory_limit: int | None = None):
+                 fuse: bool = True, incremental: bool = True, memory_limit: int | None = None,
+                 precision: str = "fp32", kernels: str = "auto", cuda_graphs: bool = False):
         # ``model`` is [ref]: a nested reference is fetched here (the driver keeps it alive for restarts)
+        device, threads = actor_device(device, threads)
         self.worker = Worker(ray.get(model[0]), device, batch_size, max_items, threads, fuse=fuse,
-                             incremental=incremental, memory_limit=memory_limit)
+                             incremental=incremental, memory_limit=memory_limit, precision=precision,
+                             kernels=kernels, cuda_graphs=cuda_graphs)
         self._crash_at: int | None = None
 
     def ping(self) -> int:
@@ -102,7 +110,8 @@ class RayWorker:
 
     def stats(self) -> dict[str, Any]:
         ctx = ray.get_runtime_context()
-        return {**self.worker.stats(), "pid": os.getpid(), "node": ctx.get_node_id()}
+        return {**self.worker.stats(), "pid": os.getpid(), "node": ctx.get_node_id(),
+                "gpu_ids": [str(i) for i in ray.get_gpu_ids()], "resources": ctx.get_assigned_resources()}
 
     def crash_after(self, n_batches: int) -> None:
         """Test hook: ``os._exit`` when this incarnation runs its ``n_batches``-th forward from now."""
@@ -118,8 +127,11 @@ class RayWorker:
         w.forward_logits = dying
 
 
-def _autotune(model: Model, device: str | None, threads: int | None) -> int:
-    return Worker(model, device, "auto", 1, threads, fuse=False).batch_size
+def _autotune(model: Model, device: str | None, threads: int | None, precision: str, kernels: str,
+              cuda_graphs: bool) -> int:
+    device, threads = actor_device(device, threads)
+    return Worker(model, device, "auto", 1, threads, fuse=False, precision=precision, kernels=kernels,
+                  cuda_graphs=cuda_graphs).batch_size
 
 
 class RayExecutor:
@@ -127,7 +139,9 @@ class RayExecutor:
     joins a cluster. ``workers``: default one per GPU (``gpus_per_worker`` each) or, without GPUs,
     one per ``threads`` CPUs (default 1). ``unit_batches``: default max(4, workers / 8), so that the
     driver's Ray calls stay few. ``lost_timeout``: give up when no worker has been alive that long
-    (restarts pending for want of resources). ``fuse``, ``incremental``: as for :class:`Worker`."""
+    (restarts pending for want of resources). ``fuse``, ``incremental``, ``precision``, ``kernels``,
+    ``cuda_graphs``: as for :class:`Worker`. ``gpus_per_worker`` (> 0; 0.5: two workers per GPU) and
+    ``accelerator`` (a GPU type, e.g. "H100"): see :mod:`salient.engine.ray_placement`."""
 
     kind = "ray"
 
@@ -136,7 +150,11 @@ class RayExecutor:
                  device: str | None = None, depth: int = 2, unit_batches: int | None = None, max_items: int = 256,
                  max_restarts: int = 8, start_timeout: float = 300.0, lost_timeout: float = 600.0,
                  num_cpus: int | None = None, object_store_memory: int | None = None, fuse: bool = True,
-                 incremental: bool = True, memory_limit: int | None = None, **_: Any):
+                 incremental: bool = True, memory_limit: int | None = None, precision: str = "fp32",
+                 kernels: str = "auto", cuda_graphs: bool = False, accelerator: str | None = None, **_: Any):
+        gpus_per_worker, self.accelerator = parse_gpus_per_worker(gpus_per_worker), parse_accelerator(accelerator)
+        self.precision, self.kernels = parse_precision(precision), parse_kernels(kernels)  # before Ray starts
+        self.cuda_graphs = bool(cuda_graphs)
         self.lost_timeout = lost_timeout
         self.memory_limit = memory_limit  # per worker (memory.batch_for)
         self._owns_ray = not ray.is_initialized()
@@ -160,18 +178,21 @@ class RayExecutor:
         res = ray.cluster_resources()
         n_gpus, n_cpus = float(res.get("GPU", 0)), float(res.get("CPU", 0))
         if device in (None, "auto"):
-            use_gpu = n_gpus > 0 and (gpus_per_worker or 0) > 0
+            use_gpu = n_gpus > 0
         else:
             use_gpu = parse_device(device).type == "cuda"
         if use_gpu:
             if n_gpus < gpus_per_worker:
                 raise SalientError(f"the Ray cluster has {n_gpus:g} GPUs; a worker asks for {gpus_per_worker:g}")
             self.threads = threads
-            opts = {"num_gpus": gpus_per_worker, "num_cpus": 1}
-            capacity = int(n_gpus // gpus_per_worker)
+            opts = gpu_options(gpus_per_worker, self.accelerator)
+            nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+            capacity, what = gpu_capacity(res, nodes, gpus_per_worker, self.accelerator)
             dev = "cuda"
-            what = f"{n_gpus:g} GPUs, {gpus_per_worker:g} per worker"
         else:
+            if self.accelerator is not None:
+                raise SalientError(f"accelerator {self.accelerator} needs GPU workers; this Ray cluster has "
+                                   f"{n_gpus:g} GPUs" + (f" and device is {device}" if n_gpus else ""))
             self.threads = default_threads(torch.device("cpu"), threads)
             opts = {"num_cpus": self.threads, "num_gpus": 0}
             capacity = int(n_cpus // self.threads)
@@ -189,13 +210,14 @@ class RayExecutor:
         if batch_size is None and dev == "cpu":
             batch_size = resolve_batch_size(model, torch.device("cpu"), None)
         elif batch_size is None or str(batch_size).lower() == "auto":  # once, on a worker-like slot, shared
-            batch_size = ray.get(ray.remote(**opts)(_autotune).remote(self._model_ref, dev, self.threads))
+            batch_size = ray.get(ray.remote(**opts)(_autotune).remote(self._model_ref, dev, self.threads,
+                                                                       self.precision, self.kernels, self.cuda_graphs))
         self.batch_size = int(batch_size)
         if self._local and dev == "cpu":  # the actors share this machine's memory
             check_fits(model, torch.device("cpu"), self.batch_size, n)
         actor = ray.remote(RayWorker).options(**opts, max_restarts=max_restarts, max_task_retries=0)
         self.actors = [actor.remote([self._model_ref], dev, self.batch_size, self.threads, max_items, fuse, incremental,
-                                    self.memory_limit)
+                                    self.memory_limit, self.precision, self.kernels, self.cuda_graphs)
                        for _ in range(n)]
         try:
             ray.get([a.ping.remote() for a in self.actors], timeout=start_timeout)
@@ -310,7 +332,8 @@ class RayExecutor:
         alive = [w for w in range(self.n_workers) if self._up[w]]
         per = ray.get([self.actors[w].stats.remote() for w in alive]) if alive else []
         return {"executor": self.kind, "workers": self.n_workers, "batch_size": self.batch_size,
-                "threads": self.threads, "device": self.device, "restarts": self.restarts,
+                "threads": self.threads, "device": self.device, "accelerator": self.accelerator,
+                "restarts": self.restarts,
                 "n_forward": sum(p["n_forward"] for p in per), "busy_seconds": sum(p["busy_seconds"] for p in per),
                 "per_worker": per}
 

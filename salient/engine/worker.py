@@ -10,7 +10,16 @@ Determinism (CPU): a sample's output depends, in the last bits, on the batch *sh
 number of intra-op threads of the forward, but not on which other samples share the batch. So every
 worker of an engine uses one shared ``batch_size`` and the same ``threads`` (1 per worker on CPU,
 parallelism coming from one worker per core); maps are then bitwise identical whatever the
-executor, the number of workers and the packing of queries.
+executor, the number of workers and the packing of queries. On a GPU the same holds for one GPU type
+and precision: a fixed batch shape, cuDNN's deterministic algorithms and no TF32 (:func:`cuda_numerics`),
+and reductions in a fixed order (the kernels' weighted sums).
+
+Precision (``fp32``, ``bf16``, ``fp16``): black-box forwards run under ``torch.autocast`` at that dtype
+(white-box queries, which take gradients, stay fp32); scores are computed in fp32 from the logits. The
+fused and incremental CPU paths are fp32 only and are off at another precision. The GPU path also keeps
+the device busy: items are copied from pinned memory without blocking, the batch k+1 is built (masks on the
+device) while the forward of batch k runs, scores are read back one batch late, and ``cuda_graphs``
+replays a captured forward for each batch shape.
 """
 
 from __future__ import annotations
@@ -34,6 +43,8 @@ from .memory import batch_for
 from .whole import check_gradients_fit
 
 BATCH_CANDIDATES = (1, 2, 4, 8, 16, 32, 64)
+GPU_BATCH_CANDIDATES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_BATCH_SIZE = 4  # the CPU default: fixed (so two runs give the same bits); fastest measured on 2 cores
 # (through the fused module: 1.3x over batch 2 for RISE, 1.2x for occlusion; batch 8 is slower again)
 
@@ -65,22 +76,56 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     return dev
 
 
-def autotune_batch(model: Model, device: torch.device, candidates=BATCH_CANDIDATES, min_seconds: float = 0.3) -> int:
-    """The batch size with the highest images/s on random inputs; stops once throughput falls."""
+def parse_precision(precision: str | None) -> str:
+    """``fp32`` (default), ``bf16`` or ``fp16``; a one-line error for anything else."""
+    name = "fp32" if precision is None else str(precision).strip().lower()
+    if name not in PRECISIONS:
+        raise SalientError(f"precision {short_repr(precision, 40)}: unknown; use one of {', '.join(PRECISIONS)}")
+    return name
+
+
+def autocast(device: torch.device, precision: str, cache: bool = True):
+    """``torch.autocast`` at ``precision`` on ``device`` (a no-op context at fp32)."""
+    dtype = PRECISIONS[precision]
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32, cache_enabled=cache)
+
+
+def cuda_numerics() -> None:
+    """The CUDA settings a worker runs under (process-wide in torch): cuDNN's deterministic algorithms and no
+    benchmark-chosen ones (the same bits at every run on one GPU type), and no TF32 (fp32 means fp32: maps
+    within 1e-4 of the CPU's; bf16/fp16 are asked for with ``precision``)."""
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def autotune_batch(model: Model, device: torch.device, candidates=None, min_seconds: float = 0.3,
+                   precision: str = "fp32") -> int:
+    """The batch size with the highest images/s on random inputs at ``precision``: the largest before throughput
+    stops rising (by 3%), bounded by memory (a batch that runs out of device memory ends the search)."""
     module = model.module.to(device).eval()
+    if candidates is None:
+        candidates = GPU_BATCH_CANDIDATES if device.type == "cuda" else BATCH_CANDIDATES
     best, best_rate = candidates[0], 0.0
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(device, precision):
         for b in candidates:
-            x = torch.randn(b, *model.input_shape, device=device).contiguous(memory_format=model.memory_format)
-            module(x)
-            n, t0 = 0, time.perf_counter()
-            while True:
+            try:
+                x = torch.randn(b, *model.input_shape, device=device).contiguous(memory_format=model.memory_format)
                 module(x)
-                n += b
+                n, t0 = 0, time.perf_counter()
+                while True:
+                    module(x)
+                    n += b
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                    if time.perf_counter() - t0 >= min_seconds and n >= 2 * b:
+                        break
+            except torch.OutOfMemoryError:
+                x = None
                 if device.type == "cuda":
-                    torch.cuda.synchronize()
-                if time.perf_counter() - t0 >= min_seconds and n >= 2 * b:
-                    break
+                    torch.cuda.empty_cache()
+                break
             rate = n / (time.perf_counter() - t0)
             if rate > best_rate * 1.03:
                 best, best_rate = b, rate
@@ -89,13 +134,14 @@ def autotune_batch(model: Model, device: torch.device, candidates=BATCH_CANDIDAT
     return best
 
 
-def resolve_batch_size(model: Model, device: torch.device, batch_size: int | str | None) -> int:
+def resolve_batch_size(model: Model, device: torch.device, batch_size: int | str | None,
+                       precision: str = "fp32") -> int:
     """A number is kept; "auto" autotunes; None autotunes on an accelerator and is
     ``CPU_BATCH_SIZE`` on CPU (timing-based choices differ between runs, and the bits with them)."""
     if batch_size is None:
-        return CPU_BATCH_SIZE if device.type == "cpu" else autotune_batch(model, device)
+        return CPU_BATCH_SIZE if device.type == "cpu" else autotune_batch(model, device, precision=precision)
     if str(batch_size).strip().lower() == "auto":
-        return autotune_batch(model, device)
+        return autotune_batch(model, device, precision=precision)
     try:
         b = int(batch_size)
     except (TypeError, ValueError):
@@ -127,16 +173,28 @@ class Worker:
     activations would turn NaN into numbers: ``salient.engine.fuse``), so a non-finite input gives
     the same scores, and the same "model returned NaN" failure, with or without them.
     White-box queries (CAMs: hooks, gradients) always use ``module`` itself.
+
+    ``precision``: fp32 | bf16 | fp16 (autocast, see the module docstring); ``kernels``: auto | torch | cupy
+    (:func:`~salient.kernels.backend.kernels_for`); ``cuda_graphs``: replay a captured forward per batch
+    shape (CUDA only).
     """
 
     def __init__(
         self, model: Model, device: str | torch.device | None = None, batch_size: int | str | None = None,
         max_items: int = 256, threads: int | None = None, fuse: bool = True, incremental: bool = True,
-        memory_limit: int | None = None,
+        memory_limit: int | None = None, precision: str = "fp32", kernels: str | None = "auto",
+        cuda_graphs: bool = False,
     ):
         self.model = model
         self.memory_limit = memory_limit  # per worker: lowers the batch of inputs at other sizes (memory.batch_for)
         self.device = pick_device(device)
+        self.precision = parse_precision(precision)
+        self.kernels = kernels_for(self.device, kernels)  # the mask math for this device, handed to queries
+        if cuda_graphs and self.device.type != "cuda":
+            raise SalientError(f"cuda_graphs needs a CUDA device; this worker runs on {self.device}")
+        self.cuda_graphs = bool(cuda_graphs)
+        if self.device.type == "cuda":
+            cuda_numerics()
         self.threads = int(threads) if threads else None
         self._apply_threads()
         with warnings.catch_warnings():  # moving a TorchScript module reads its parameters' .grad: torch warns
@@ -144,13 +202,14 @@ class Worker:
             self.module = model.module.to(self.device).eval()
             if self.device.type in ("cpu", "cuda"):
                 self.module = self.module.to(memory_format=self.model.memory_format)
-        self.batch_size = resolve_batch_size(model, self.device, batch_size)
-        self.fused = self._fuse() if fuse and self.device.type == "cpu" else None
+        self.batch_size = resolve_batch_size(model, self.device, batch_size, self.precision)
+        fp32_cpu = self.device.type == "cpu" and self.precision == "fp32"  # the fast paths are fp32 CPU kernels
+        self.fused = self._fuse() if fuse and fp32_cpu else None
         self.plan = self._plan() if incremental and self.fused is not None else None
         self.max_items = max_items
         self.items: OrderedDict[str, ItemContext] = OrderedDict()
         self.black = model.black(self.device)
-        self.kernels = kernels_for(self.device)  # the mask math for this device, handed to queries
+        self._graphs: dict[tuple, tuple[Any, torch.Tensor]] = {}  # (buffer address, shape, dtype) -> (graph, output)
         self.n_forward = 0
         self.n_batches = 0
         self.n_units = 0
@@ -181,7 +240,11 @@ class Worker:
         return item_id in self.items
 
     def put(self, item_id: str, x: torch.Tensor | np.ndarray) -> None:
-        x = torch.as_tensor(x, dtype=torch.float32).to(self.device)
+        x = torch.as_tensor(x, dtype=torch.float32)
+        if self.device.type == "cuda" and x.device.type == "cpu":  # from pinned memory, without blocking
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        else:
+            x = x.to(self.device)
         self.items[item_id] = ItemContext(item_id, x, self.black, self.kernels)
         self.items.move_to_end(item_id)
         self.items_received += 1
@@ -202,14 +265,16 @@ class Worker:
         return {"n_forward": self.n_forward, "n_batches": self.n_batches, "n_units": self.n_units,
                 "items_received": self.items_received, "busy_seconds": self.busy_seconds,
                 "batch_size": self.batch_size, "threads": self.threads, "device": str(self.device),
-                "shape_batches": dict(self.shape_batches)}
+                "shape_batches": dict(self.shape_batches), "precision": self.precision,
+                "kernels": self.kernels.name, "cuda_graphs": self.cuda_graphs}
 
     def _buf(self, shape: tuple[int, ...]) -> torch.Tensor:
         buf = self._buffers.get(shape)
         if buf is None:
             if len(self._buffers) >= 4:
                 self._buffers.clear()
-            buf = torch.zeros(shape, device=self.device)
+                self._graphs.clear()  # captured on those buffers
+            buf = torch.zeros(shape, device=self.device, dtype=self.kernels.batch_dtype(PRECISIONS[self.precision]))
             if buf.ndim == 4:
                 buf = buf.contiguous(memory_format=self.model.memory_format)
             self._buffers[shape] = buf
@@ -220,12 +285,37 @@ class Worker:
         return self.model.score(self.forward_logits(x))
 
     def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw outputs (n, K) for a batch already on the device (through the fused module if any)."""
-        with torch.inference_mode():
-            logits = self.module(x) if self.fused is None else with_reference_rows(self.fused(x), x, self.module)
+        """Raw outputs (n, K), float32, for a batch already on the device (through the fused module if any,
+        under autocast at the worker's precision, replayed from a CUDA graph if asked)."""
+        with torch.inference_mode(), autocast(self.device, self.precision, cache=not self.cuda_graphs):
+            if self.cuda_graphs:
+                logits = self._replay(x)
+            elif self.fused is None:
+                logits = self.module(x)
+            else:
+                logits = with_reference_rows(self.fused(x), x, self.module)
         self.n_forward += x.shape[0]
         self.n_batches += 1
-        return logits
+        return logits.float()
+
+    def _replay(self, x: torch.Tensor) -> torch.Tensor:
+        """The module's output on ``x`` by a CUDA graph captured once per buffer (warmed up on a side stream,
+        as torch's graph docs ask); a copy, since the next replay overwrites the graph's output."""
+        key = (x.data_ptr(), tuple(x.shape), x.dtype)
+        if key not in self._graphs:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self.module(x)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = self.module(x)
+            self._graphs[key] = (graph, out)
+        graph, out = self._graphs[key]
+        graph.replay()
+        return out.clone()
 
     def forward_local(self, x: torch.Tensor, items: list[ItemContext],
                       boxes: list[tuple[int, int, int, int]]) -> torch.Tensor:
@@ -291,9 +381,14 @@ class Worker:
     def _run_group(self, queries: list[Query], indices: list[int], buf: torch.Tensor, states: dict[int, Any],
                    failed: dict[str, str], local: bool = False) -> None:
         """Pack the inputs of ``queries[indices]`` (one input shape) into full batches and reduce;
-        ``local``: every query has ``changed_boxes`` and the batches run through ``forward_local``."""
+        ``local``: every query has ``changed_boxes`` and the batches run through ``forward_local``.
+
+        A batch's scores are read back (``settle``) after the next batch has been built and its forward
+        started: on a GPU the host then never waits for the device between batches (the next batch's masks are
+        built on the device's stream behind the forward). The results and their bits are the same either way."""
         b = buf.shape[0]  # the engine's batch size, lowered for a large input (memory.batch_for)
         pending: list[tuple[int, int, int, int, Any]] = []  # (query index, start, stop, offset, aux)
+        started: list[tuple[list, torch.Tensor]] = []  # the batch whose forward ran, not yet settled
         fill = 0
 
         def flush() -> None:
@@ -308,8 +403,14 @@ class Worker:
                 logits = self.forward_local(buf, items, boxes)
             else:
                 logits = self.forward_logits(buf)  # always the full batch shape
+            if started:
+                settle(*started.pop())
+            started.append((pending, logits))
+            pending, fill = [], 0
+
+        def settle(batch: list, logits: torch.Tensor) -> None:
             scores: dict[str, torch.Tensor] = {}  # per score kind: a query may declare its own (score_kind)
-            for qi, s, e, off, aux in pending:
+            for qi, s, e, off, aux in batch:
                 q = queries[qi]
                 if q.item in failed:
                     continue
@@ -324,7 +425,6 @@ class Worker:
                     states[qi] = q.reduce(states[qi], aux, sc)
                 except ItemError as err:
                     failed[q.item] = str(err)
-            pending, fill = [], 0
 
         for qi in indices:
             q = queries[qi]
@@ -344,3 +444,5 @@ class Worker:
                 if fill == b:
                     flush()
         flush()
+        if started:
+            settle(*started.pop())

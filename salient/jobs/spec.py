@@ -9,8 +9,9 @@ methods:
   - {name: dida, targets: top3}
 metrics: [insertion, deletion]       # or {kinds: [insertion, deletion], step: 896, substrate: blur}
                                      # localisation: object_share, pointing_game (tolerance: 15), ...
-executor: {kind: local}              # kind local|ray, workers, threads, address, gpus_per_worker, batch_size,
-                                     # device, max_live, fuse, incremental (CPU fast paths, default true)
+executor: {kind: local}              # kind local|ray, workers, threads, address, gpus_per_worker, accelerator,
+                                     # batch_size, device, precision (fp32|bf16|fp16), kernels (auto|torch|cupy),
+                                     # cuda_graphs, max_live, fuse, incremental (CPU fast paths, default true)
 seed: 0
 out: audit/
 store: {shard_items: 64}             # optional: shard_items, flush_rows, checkpoint_seconds, compressor
@@ -127,7 +128,11 @@ class ExecutorSpec(_Strict):
     kind: Literal["local", "ray"] = "local"
     workers: int | None = Field(default=None, ge=1)
     address: str | None = None
-    gpus_per_worker: float | None = Field(default=None, ge=0)
+    gpus_per_worker: float | None = Field(default=None, gt=0)  # Ray: 0.5 puts two workers on one GPU
+    accelerator: str | None = None  # Ray: pin GPU workers to an accelerator type (H100, A100, ...)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast of the masked forwards (salient.engine.worker)
+    kernels: Literal["auto", "torch", "cupy"] = "auto"  # the mask kernels (salient.kernels.backend)
+    cuda_graphs: bool = False  # replay a captured forward per batch shape (CUDA)
     batch_size: int | None = Field(default=None, ge=1)
     device: str | None = None
     threads: int | None = Field(default=None, ge=1)  # intra-op threads per worker
@@ -136,9 +141,12 @@ class ExecutorSpec(_Strict):
     incremental: bool = True  # CPU: boxes recompute only what they change (salient.engine.incremental)
 
     def options(self) -> dict[str, Any]:
-        """Keyword options for the executor (only those given, and the fast paths turned off)."""
-        keys = ("workers", "address", "gpus_per_worker", "batch_size", "device", "threads")
+        """Keyword options for the executor (only those given or off their defaults, and the fast paths turned
+        off)."""
+        keys = ("workers", "address", "gpus_per_worker", "accelerator", "batch_size", "device", "threads")
         opts = {k: v for k in keys if (v := getattr(self, k)) is not None}
+        defaults = {"precision": "fp32", "kernels": "auto", "cuda_graphs": False}
+        opts.update({k: v for k, d in defaults.items() if (v := getattr(self, k)) != d})
         return {**opts, **{k: False for k in FAST_PATHS if not getattr(self, k)}}
 
 
@@ -237,6 +245,8 @@ class JobSpec(_Strict):
         for k in FAST_PATHS:  # off, the last bits of the scores differ (the defaults leave old hashes alone)
             if not getattr(self.executor, k):
                 out[k] = False
+        if self.executor.precision != "fp32":  # another precision, other maps (fp32 leaves old hashes alone)
+            out["precision"] = self.executor.precision
         return out
 
     def spec_hash(self) -> str:

@@ -10,50 +10,58 @@ operations:
 - ``rise_masks_3d(seed, draw, n, cells, cells_t, p, shape, device, start, stop, out)``,
   ``rise_weighted_sum_3d(seed, draw, n, cells, cells_t, p, shape, weights, start)``: the same for clips'
   space-time masks (T, H, W);
+- ``rise_blend(ctx, seed, draw, n, cells, p, start, stop, out, fill)``: the batch ``out`` (n, C, H, W), any
+  layout, = S + M_i ⊙ (x - S) for masks ``start:stop`` of the draw (x = ``ctx.x``, S = ``ctx.fill(fill)``);
+  ``rise_blend_3d(ctx, seed, draw, n, cells, cells_t, p, start, stop, out, fill)``: the same for a clip batch
+  (n, C, T, H, W) and its space-time masks;
+- ``curve_blend(out, top, base, rank, counts)``: insertion/deletion frames, out[k] = base + [rank < counts[k]] ⊙
+  (top - base), ``rank`` (H, W) the pixels' order on the device, ``counts`` (k,) int64 on any device;
 - ``paste_boxes(out, base, inner, boxes)``: ``base`` with one box of ``inner`` per input;
 - ``fill_tensor(kind, x, black)``, ``blend_terms(x, fill, out)``, ``blend_into(out, x, fill, keep)``,
-  ``blend_over(out, fill, diff)``, ``is_channels_last(out)``: substrates and in-place blends.
+  ``blend_over(out, fill, diff)``, ``is_channels_last(out)``: substrates and in-place blends;
+- ``batch_dtype(dtype)``: the dtype of a worker's input batches when the model runs at ``dtype`` (the torch
+  kernels build float32 batches, and autocast casts them; the CuPy kernels write the model's dtype).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 
-from . import torch as torch_kernels
+from .torch.backend import TORCH
+
+BACKENDS = ("auto", "torch", "cupy")
+log = logging.getLogger("salient.kernels")
 
 
-class TorchKernels:
-    """The reference backend: the kernels of :mod:`salient.kernels.torch`, on any torch device."""
+def parse_kernels(name: str | None) -> str:
+    """``auto`` (None too), ``torch`` or ``cupy``; a one-line error for anything else."""
+    from ..errors import SalientError, short_repr
 
-    name = "torch"
-    rise_masks = staticmethod(torch_kernels.rise_masks)
-    rise_weighted_sum = staticmethod(torch_kernels.rise_weighted_sum)
-    rise_masks_3d = staticmethod(torch_kernels.rise_masks_3d)
-    rise_weighted_sum_3d = staticmethod(torch_kernels.rise_weighted_sum_3d)
-    paste_boxes = staticmethod(torch_kernels.paste_boxes)
-    fill_tensor = staticmethod(torch_kernels.fill_tensor)
-    blend_terms = staticmethod(torch_kernels.blend_terms)
-    blend_into = staticmethod(torch_kernels.blend_into)
-    blend_over = staticmethod(torch_kernels.blend_over)
-    is_channels_last = staticmethod(torch_kernels.is_channels_last)
-
-    def __repr__(self) -> str:
-        return f"<{self.name} kernels>"
+    key = "auto" if name is None else str(name).strip().lower()
+    if key not in BACKENDS:
+        raise SalientError(f"kernels {short_repr(name, 40)}: unknown; use one of {', '.join(BACKENDS)}")
+    return key
 
 
-TORCH = TorchKernels()
-BACKENDS: dict[str, Any] = {"torch": TORCH}
+def kernels_for(device: torch.device | str, name: str | None = "auto") -> Any:
+    """The backend for ``device``: ``torch`` (the reference, everywhere), ``cupy`` (the fused CUDA kernels of
+    :mod:`salient.kernels.cupy`; a one-line error names what is missing: CuPy, or a CUDA device), or
+    ``auto`` (None too): CuPy on a CUDA device when it is usable, else torch, with one log line saying why."""
+    from ..errors import SalientError
 
-
-def kernels_for(device: torch.device | str, name: str | None = None) -> Any:
-    """The backend for ``device``: ``name`` if given (one of :data:`BACKENDS`), else the torch reference,
-    which runs everywhere (the GPU path registers a CuPy backend here)."""
-    if name is None:
+    name = parse_kernels(name)
+    device = torch.device(device)
+    if name == "torch" or (name == "auto" and device.type != "cuda"):
         return TORCH
-    if name not in BACKENDS:
-        from ..errors import SalientError
+    from . import cupy as cupy_backend  # imports CuPy only when asked
 
-        raise SalientError(f"unknown kernel backend {name!r}; choose one of {', '.join(sorted(BACKENDS))}")
-    return BACKENDS[name]
+    missing = cupy_backend.available() if device.type == "cuda" else f"this worker runs on {device}, not a CUDA device"
+    if missing is None:
+        return cupy_backend.cupy_kernels()
+    if name == "cupy":
+        raise SalientError(f"kernels: cupy needs CuPy on a CUDA device: {missing}")
+    log.info("salient: torch kernels on %s (the CuPy kernels are not usable: %s)", device, missing)
+    return TORCH

@@ -41,10 +41,8 @@ class CurveQuery(Query):
             rank[order] = torch.arange(order.numel(), device=ctx.device)
             rank = rank.view(ctx.size)
             ctx.cache[key] = rank
-        k = torch.as_tensor(self.counts[start:stop], device=ctx.device)
-        keep_top = (rank[None] < k[:, None, None]).float()
-        # keep=1 shows "top"; blend_into keeps x where keep=1, so swap roles.
-        ctx.kernels.blend_into(out, ctx.fill(self.top), ctx.fill(self.base), keep_top)
+        counts = torch.as_tensor(self.counts[start:stop])  # on the host: the backend moves it without blocking
+        ctx.kernels.curve_blend(out, ctx.fill(self.top), ctx.fill(self.base), rank, counts)
 
     def finish(self, state, ctx):
         ctx.cache.pop(self._key(), None)

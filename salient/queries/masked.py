@@ -52,18 +52,10 @@ class RiseQuery(Query):
         lo, hi = self._range()
         return hi - lo
 
-    def _masks(self, ctx, start, stop, out=None):
-        lo = self._range()[0]
-        return ctx.kernels.rise_masks(self.seed, self.draw, self.n, self.cells, self.p, ctx.size, ctx.device,
-                                      lo + start, lo + stop, out)
-
     def build(self, ctx, start, stop, out):
-        k = ctx.kernels
-        if k.is_channels_last(out):  # the masks go straight into the batch, in its pixel order, then blend in place
-            self._masks(ctx, start, stop, out.permute(0, 2, 3, 1))
-            k.blend_over(out, *ctx.blend_terms(self.fill, out))
-        else:
-            k.blend_into(out, ctx.x, ctx.fill(self.fill), self._masks(ctx, start, stop))
+        lo = self._range()[0]
+        ctx.kernels.rise_blend(ctx, self.seed, self.draw, self.n, self.cells, self.p, lo + start, lo + stop, out,
+                               self.fill)
 
     def finish(self, state, ctx):
         scores = torch.cat(state).to(ctx.device)  # (n, T)
@@ -87,8 +79,8 @@ class Rise3DQuery(RiseQuery):
 
     def build(self, ctx, start, stop, out):
         lo = self._range()[0]
-        keep = ctx.kernels.rise_masks_3d(*self._args(ctx), ctx.device, lo + start, lo + stop)
-        ctx.kernels.blend_into(out, ctx.x, ctx.fill(self.fill), keep)
+        ctx.kernels.rise_blend_3d(ctx, self.seed, self.draw, self.n, self.cells, self.cells_t, self.p, lo + start,
+                                  lo + stop, out, self.fill)
 
     def finish(self, state, ctx):
         scores = torch.cat(state).to(ctx.device)  # (n, targets)

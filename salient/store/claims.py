@@ -3,7 +3,7 @@
 A store records who writes it and with what, in its root attrs: ``model`` (the model id; for
 ``salient explain`` the loader's name with its options), ``spec_hash`` (a job's,
 :meth:`~salient.jobs.spec.JobSpec.spec_hash`) and ``methods`` (per method the session declared:
-the checked ``parameters``, the ``target`` spec and the ``seed`` its maps are made with).
+the checked ``parameters``, the ``target`` spec, the ``seed`` and the ``precision`` its maps are made with).
 Opening an existing store compares what the caller is about to write with that record
 (:func:`check_claims`, called by :class:`~salient.store.Store` before it writes anything):
 
@@ -11,7 +11,7 @@ Opening an existing store compares what the caller is about to write with that r
   but no spec hash (``salient explain``), is refused; a writer that declares nothing (a maintenance
   open from the Python API, e.g. ``Store(out)``) is the store's own;
 - another model id is refused (a store without one, e.g. written by the Python API, takes any);
-- a method the store holds with other parameters, target or seed is refused (the record, or for a
+- a method the store holds with other parameters, target, seed or precision is refused (the record, or for a
   store written before it the ``maps/<method>`` array's attrs, on the keys both have);
 - anything else adds to the store: a new method gets its own array, an item already there is
   replaced at its row (the caller passes its position), a new item is appended.
@@ -31,7 +31,7 @@ from typing import Any
 from ..errors import SalientError
 from .schema import ZARR_NAME
 
-IDENTITY = ("parameters", "target", "seed")  # what makes two maps of one method comparable
+IDENTITY = ("parameters", "target", "seed", "precision")  # what makes two maps of one method comparable
 
 
 def _json_safe(obj: Any) -> Any:
