@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 import salient
+from salient.bench.protocol import Sample, alternate
 from salient.engine.fuse import fuse_for_cpu
 from salient.engine.local import cpu_count
 from salient.engine.worker import CPU_BATCH_SIZE, pick_device
@@ -296,23 +297,26 @@ def engine_section(bench: Bench) -> None:
             ex = eng.executor
             fwd = time_forwards(ex)
             for method, params in todo:
-                runs, raws, seconds = [], [], 0.0
                 split = [0.0, 0.0, 0.0, 0, 0]  # forward s, busy s, worker wall s, rows, passes
-                for r in range(rounds):
-                    raw_first = bool(bench.raw) and r > 0 and rng.random() < 0.5
-                    if raw_first:
-                        raws.append(raw_for(bench, seconds))
+                last: list = []
+
+                def engine_round(method=method, params=params, split=split, last=last, eng=eng, ex=ex,
+                                 fwd=fwd) -> Sample:
                     st0, f0 = ex.stats(), fwd[0]
                     t0 = time.perf_counter()
                     s = eng.explain(bench.image, method, seed=0, **params)
                     seconds = time.perf_counter() - t0
                     st = ex.stats()
-                    runs.append((s.n_forward, seconds))
                     for k, v in enumerate((fwd[0] - f0, st["busy_seconds"] - st0["busy_seconds"],
                                            seconds * st["workers"], st["n_forward"] - st0["n_forward"], s.n_forward)):
                         split[k] += v
-                    if bench.raw and not raw_first:
-                        raws.append(raw_for(bench, seconds))
+                    last[:] = [s]
+                    return Sample(s.n_forward, seconds)
+
+                raw_round = (lambda secs: Sample(*raw_for(bench, secs))) if bench.raw else None
+                runs, raws = ([(x.n, x.seconds) for x in side]
+                              for side in alternate(engine_round, raw_round, rounds, rng))  # salient.bench.protocol
+                s = last[0]
                 n_e, t_e = map(sum, zip(*runs, strict=True))
                 rate = n_e / t_e
                 f, busy, wall, rows, passes = split

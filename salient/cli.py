@@ -20,6 +20,7 @@ failure was unexpected).
 
 Other subcommands (``run``, ``show``, ``demo``) come from ``salient.jobs.commands.add_subcommands``
 when that module exists; like ``explain`` they set ``func`` (``args -> exit code``) on their parser.
+``bench`` comes from :func:`salient.bench.command.add_bench_parser`.
 """
 
 from __future__ import annotations
@@ -114,6 +115,9 @@ def build_parser() -> Parser:
             raise
     else:
         commands.add_subcommands(sub)
+    from .bench.command import add_bench_parser
+
+    add_bench_parser(sub)
     return parser
 
 
