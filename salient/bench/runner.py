@@ -29,7 +29,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-import torch
 
 from ..data import sample_images, sample_videos
 from ..engine import Engine, Task
@@ -41,6 +40,7 @@ from ..images import Image, load_image
 from ..item import Item
 from ..methods import get_method
 from ..models import Model, load_model
+from ..models.model import resized
 from .limits import add_efficiency, limit_lines, limit_of
 from .machine import describe
 from .protocol import Sample, alternate, ratios, spread
@@ -90,11 +90,9 @@ def timed(gen: Generator, clock: list[float]) -> Generator:
         gen.close()
 
 
-def resized(image: Image, side: int) -> Image:
-    """The photo resized (bilinear, antialiased) to ``side`` x ``side``."""
-    x = torch.from_numpy(np.ascontiguousarray(image.pixels)).permute(2, 0, 1)[None]
-    y = torch.nn.functional.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
-    return load_image(y[0].permute(1, 2, 0).clamp(0, 1).numpy(), name=f"{image.name}-{side}")
+def square(image: Image, side: int) -> Image:
+    """The photo at ``side`` x ``side``, resized as every model's preprocessing resizes (``models.model.resized``)."""
+    return load_image(resized(image, (side, side)).permute(1, 2, 0).numpy(), name=f"{image.name}-{side}")
 
 
 class Items:
@@ -118,7 +116,7 @@ def photo_items(eng: Engine, side: int, whole: bool) -> list[Item]:
     photos = sample_images(list(PHOTOS))
     if not whole:
         return [eng.item(p, item_id=p.name) for p in photos]
-    return [eng.item(resized(p, side), item_id=f"{p.name}-{side}", whole=True) for p in photos]
+    return [eng.item(square(p, side), item_id=f"{p.name}-{side}", whole=True) for p in photos]
 
 
 def video_items(model: Model, n_clips: int = 8) -> list[Item]:

@@ -26,12 +26,11 @@ import torch
 
 from ..errors import SalientError
 from ..item import Item
-from ..kernels import kernels_for
 from ..models import Model
 from ..queries import Query
 from .executor import Done, Event, Failed, Unit
 from .memory import check_fits
-from .worker import Worker, default_threads, parse_precision, pick_device, resolve_batch_size
+from .worker import Worker, default_threads, parse_precision, pick_device, precision_and_kernels, resolve_batch_size
 
 WORKERS_PER_CORE = 2
 
@@ -73,10 +72,7 @@ def check_local(model: Model, device: str | None = None, batch_size: int | str |
     """What LocalExecutor(model, ...) would refuse (device, workers, precision, kernels, memory), checked
     without starting it; the memory only where the batch size is known without autotuning."""
     dev, threads, workers = local_plan(device, threads, workers)
-    parse_precision(precision)
-    kernels_for(dev, kernels)
-    if cuda_graphs and dev.type != "cuda":
-        raise SalientError(f"cuda_graphs needs a CUDA device; this executor runs on {dev}")
+    precision_and_kernels(dev, precision, kernels, cuda_graphs)
     if str(batch_size).strip().lower() != "auto" and (batch_size is not None or dev.type == "cpu"):
         check_fits(model, dev, resolve_batch_size(model, dev, batch_size), workers)
 

@@ -84,6 +84,15 @@ def parse_precision(precision: str | None) -> str:
     return name
 
 
+def precision_and_kernels(device: torch.device, precision: str | None, kernels: str | None,
+                          cuda_graphs: bool) -> tuple[str, Any]:
+    """(precision, kernel backend) of a worker on ``device``: one-line errors for an unknown precision or
+    kernels, CuPy asked for where it cannot run, and CUDA graphs without a CUDA device."""
+    if cuda_graphs and device.type != "cuda":
+        raise SalientError(f"cuda_graphs needs a CUDA device; this worker runs on {device}")
+    return parse_precision(precision), kernels_for(device, kernels)
+
+
 def autocast(device: torch.device, precision: str, cache: bool = True):
     """``torch.autocast`` at ``precision`` on ``device`` (a no-op context at fp32)."""
     dtype = PRECISIONS[precision]
@@ -188,10 +197,8 @@ class Worker:
         self.model = model
         self.memory_limit = memory_limit  # per worker: lowers the batch of inputs at other sizes (memory.batch_for)
         self.device = pick_device(device)
-        self.precision = parse_precision(precision)
-        self.kernels = kernels_for(self.device, kernels)  # the mask math for this device, handed to queries
-        if cuda_graphs and self.device.type != "cuda":
-            raise SalientError(f"cuda_graphs needs a CUDA device; this worker runs on {self.device}")
+        # the mask math for this device (handed to queries) and the forwards' precision
+        self.precision, self.kernels = precision_and_kernels(self.device, precision, kernels, cuda_graphs)
         self.cuda_graphs = bool(cuda_graphs)
         if self.device.type == "cuda":
             cuda_numerics()
